@@ -1,0 +1,1 @@
+"""eval: the evaluation suite; not built yet (see the project issues)."""

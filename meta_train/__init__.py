@@ -1,0 +1,1 @@
+"""meta_train: ES meta-training; not built yet (see the project issues)."""

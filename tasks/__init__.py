@@ -1,0 +1,1 @@
+"""tasks: the task-family generator; not built yet (see the project issues)."""

@@ -1,0 +1,1 @@
+raise SystemExit("python -m tasks: the task-family generator is not built yet (see the project issues).")

@@ -1,0 +1,34 @@
+"""Test setup: 2 forced CPU devices (sharding tests), the persistent compilation cache,
+strict dtype promotion, and the reference oracle in ../shared (never read by the package)."""
+
+import os
+from pathlib import Path
+
+# Must happen before jax initialises its backend.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("VELOJAX_OFFLINE", "1")  # no test may reach the network by accident
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+jax.config.update("jax_compilation_cache_dir", str(REPO / ".jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+ORACLE = Path(os.environ.get("VELOJAX_ORACLE_DIR", REPO.parent / "shared" / "velo_oracle"))
+
+
+@pytest.fixture(scope="session")
+def oracle_dir() -> Path:
+    if not (ORACLE / "meta_params.json").is_file():
+        pytest.skip(f"the reference oracle is not at {ORACLE} (set VELOJAX_ORACLE_DIR)")
+    return ORACLE
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test sees an empty velojax weights cache and no weights override."""
+    monkeypatch.setenv("VELOJAX_CACHE_DIR", str(tmp_path / "velojax-cache"))
+    monkeypatch.delenv("VELOJAX_WEIGHTS", raising=False)

@@ -1,0 +1,116 @@
+"""Replays every reference oracle case through the public API and compares the updates
+(per leaf and step, max|u - u_ref| <= 5e-3 * rms(u_ref), the oracle README's criterion;
+the same tolerance for every case) and the optimizer state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tests.oracle import CASES, Case, meta_params_from_npz
+from velojax import optimizer
+
+UPDATE_RTOL = 5e-3  # of rms(u_ref), per leaf and step
+
+
+@pytest.fixture(scope="module")
+def meta(oracle_dir):
+    return optimizer.load_weights(oracle_dir / "checkpoint" / "params")
+
+
+def test_checkpoint_holds_the_oracle_meta_params(oracle_dir, meta):
+    expected = meta_params_from_npz(oracle_dir)
+    assert jax.tree.structure(meta) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(meta), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert optimizer.num_meta_params(meta) == 2_320_385
+
+
+def _state_errors(state, case: Case, t: int) -> dict[str, float]:
+    """Max abs difference of our state after t updates to the reference's, by field."""
+    paths = case.leaf_paths()
+    ref_m, ref_rms = case.state("mom_rolling/m"), case.state("rms_rolling/rms")
+    ref_row, ref_col, ref_diag = (case.state(f"fac_rolling/{k}") for k in ("v_row", "v_col", "v_diag"))
+
+    def lookup(tree, path):
+        for key in path.split("/"):
+            tree = tree[key]
+        return tree
+
+    errs = {"m": 0.0, "rms": 0.0, "factored": 0.0}
+    for path in paths:
+        m = lookup(state.mu, path)
+        rm = lookup(ref_m, path)[t]
+        errs["m"] = max(errs["m"], max(float(np.max(np.abs(np.asarray(m[k]) - rm[..., k]))) for k in range(3)))
+        errs["rms"] = max(errs["rms"], float(np.max(np.abs(np.asarray(lookup(state.nu, path)) - lookup(ref_rms, path)[t][..., 0]))))
+        fac = lookup(state.factored, path)
+        refs = (lookup(ref_row, path)[t], lookup(ref_col, path)[t]) if len(fac) == 2 else (lookup(ref_diag, path)[t],)
+        for ours, ref in zip(fac, refs):
+            errs["factored"] = max(errs["factored"], float(np.max(np.abs(np.asarray(ours) - np.moveaxis(ref, -1, 0)))))
+    lstm = case.flat
+    errs["lstm"] = max(
+        float(np.max(np.abs(np.asarray(state.lstm.hidden) - lstm["state_traj/lstm_hidden_state/hidden"][t]))),
+        float(np.max(np.abs(np.asarray(state.lstm.cell) - lstm["state_traj/lstm_hidden_state/cell"][t]))),
+    )
+    buf = state.loss_buffer
+    errs["loss_buffer"] = max(
+        float(np.max(np.abs(np.asarray(buf.means) - lstm["state_traj/loss_buffer/means"][t]) / (1 + np.abs(lstm["state_traj/loss_buffer/means"][t])))),
+        float(np.max(np.abs(np.asarray(buf.decays) - lstm["state_traj/loss_buffer/decays"][t]))),
+    )
+    assert int(state.iteration) == int(lstm["state_traj/iteration"][t])
+    assert int(buf.iteration) == int(lstm["state_traj/loss_buffer/iteration"][t])
+    return errs
+
+
+# Absolute state tolerances (measured worst over all cases: m 6e-11, rms 2e-15, factored
+# 9e-10, LSTM 1e-6, loss buffer 0): the accumulators are exact up to float rounding, the
+# LSTM state carries the float noise of its features.
+STATE_ATOL = {"m": 1e-8, "rms": 1e-10, "factored": 1e-8, "lstm": 1e-5, "loss_buffer": 1e-6}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_replay_matches_reference(oracle_dir, meta, name):
+    case = Case(oracle_dir, name)
+    tx = optimizer.velo(case.num_steps, weights=meta)
+    params = jax.tree.map(lambda a: jnp.asarray(a[0]), case.params)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    worst = 0.0
+    for t in range(case.num_updates):
+        grads = jax.tree.map(lambda a: jnp.asarray(a[t]), case.grads)
+        updates, state = update(grads, state, params, value=case.losses[t])
+        for (path, u), ref in zip(jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(case.updates)):
+            ref = ref[t].astype(np.float64)
+            err = np.max(np.abs(np.asarray(u, np.float64) - ref)) / np.sqrt(np.mean(ref**2))
+            assert err <= UPDATE_RTOL, f"{name}: update {jax.tree_util.keystr(path)} at step {t}: {err:.2e} of rms"
+            worst = max(worst, err)
+        errs = _state_errors(state, case, t + 1)
+        for field, tol in STATE_ATOL.items():
+            assert errs[field] <= tol, f"{name}: state {field} after update {t}: {errs[field]:.2e} > {tol}"
+        params = optax.apply_updates(params, updates)
+    assert worst < UPDATE_RTOL / 5  # we sit at the float-noise floor, well inside the criterion
+
+
+def test_pure_core_vmaps_over_meta_params(oracle_dir, meta):
+    """ES use: vmap the pure update over two perturbed meta-parameter sets, one jit."""
+    case = Case(oracle_dir, "mlp")
+    params = jax.tree.map(lambda a: jnp.asarray(a[0]), case.params)
+    grads = jax.tree.map(lambda a: jnp.asarray(a[0]), case.grads)
+    config = optimizer.VeLOConfig()
+    noise = jax.tree.map(lambda x: 0.01 * jnp.ones_like(x), meta)
+    metas = [meta, jax.tree.map(jnp.add, meta, noise)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *metas)
+
+    def one(m):
+        state = optimizer.velo_init(m, params, case.num_steps, config)
+        return optimizer.velo_update(m, state, grads, params, case.losses[0], config)[0]
+
+    batched = jax.jit(jax.vmap(one))(stacked)
+    for i, m in enumerate(metas):
+        single = jax.jit(one)(m)
+        for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+            b = np.asarray(b, np.float64)  # batched matmuls round differently: compare at float noise
+            assert np.max(np.abs(np.asarray(a[i]) - b)) <= 1e-4 * np.sqrt(np.mean(b**2))
+    # the perturbation changes the update, so the vmapped rows are really different
+    assert not np.allclose(np.asarray(jax.tree.leaves(batched)[0][0]), np.asarray(jax.tree.leaves(batched)[0][1]))

@@ -1,0 +1,3 @@
+from velojax.demo import main
+
+main()

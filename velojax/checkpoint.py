@@ -1,0 +1,138 @@
+"""Reading and writing VeLO meta-parameters in the official checkpoint format.
+
+The reference saves a flax msgpack state dict of a `ParameterCheckpoint`:
+`{"params": <meta-parameters>, "gen_id": str, "step": int}`. The LSTM's initial state is
+a namedtuple, which flax encodes either as `{"hidden", "cell"}` or (flax before 2022) as
+`{"name", "fields", "values"}`; both are read. The six older "no_config" checkpoints store
+a plain tuple `(theta, "", 0)` as `{"0", "1", "2"}`; they are read too (they need
+`VeLOConfig(use_bugged_loss_features=True, use_bugged_next_lstm_state=True)`).
+`save_weights` writes the official layout, so the reference can read our files as well.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from velojax.config import VeLOConfig
+from velojax.meta_params import MetaParams, check_meta_params, config_from_meta_params
+
+PARAMS_FILENAME = "params"  # the file name inside an official checkpoint directory
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable VeLO checkpoint; the message says why."""
+
+
+def _decode_namedtuples(tree: Any) -> Any:
+    """Turn flax's pre-2022 namedtuple encoding {"name","fields","values"} into a dict."""
+    if not isinstance(tree, dict):
+        return tree
+    if set(tree) == {"name", "fields", "values"} and isinstance(tree["fields"], dict):
+        fields, values = tree["fields"], tree["values"]
+        return {fields[str(i)]: _decode_namedtuples(values[str(i)]) for i in range(len(fields))}
+    return {k: _decode_namedtuples(v) for k, v in tree.items()}
+
+
+def _find_meta_params(state: Any, path: Path) -> MetaParams:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a msgpack map at the top level, got {type(state).__name__}.")
+    if "params" in state:  # ParameterCheckpoint(params, gen_id, step)
+        return state["params"]
+    if {"0", "1", "2"} <= set(state):  # no_config checkpoints: (theta, "", 0)
+        return state["0"]
+    if "lstm_init_state" in state and "rnn_params" in state:  # a bare meta-parameter tree
+        return state
+    raise CheckpointError(
+        f"{path}: not a VeLO checkpoint: top-level keys are {sorted(state)}, expected "
+        "'params' (with 'gen_id', 'step')."
+    )
+
+
+def load_weights(path: str | os.PathLike, config: VeLOConfig | None = None) -> MetaParams:
+    """Read VeLO meta-parameters from an official checkpoint file (or one `save_weights`
+    wrote). A directory is read as `<dir>/params`, the layout of the official bucket.
+
+    Args:
+      path: the checkpoint file or directory.
+      config: check the tree against this config; by default, against the config
+        whose sizes fit the file (`config_from_meta_params`).
+    Returns:
+      The meta-parameter tree (nested dict of float32 jax arrays, official names).
+    Raises:
+      FileNotFoundError: no such file.
+      CheckpointError: the file is truncated, not msgpack, or not a VeLO tree (the message
+        names the problem, e.g. the leaves whose shapes do not match).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / PARAMS_FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no VeLO checkpoint at {path}")
+    data = path.read_bytes()
+    if not data:
+        raise CheckpointError(f"{path}: the file is empty.")
+    try:
+        state = serialization.msgpack_restore(data)
+    except Exception as e:  # msgpack raises several unrelated types for bad input
+        raise CheckpointError(
+            f"{path}: not a readable flax msgpack checkpoint ({type(e).__name__}: {e}); "
+            f"the file may be truncated ({len(data)} bytes) or of another format."
+        ) from None
+    tree = _decode_namedtuples(_find_meta_params(state, path))
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"{path}: the meta-parameters are a {type(tree).__name__}, not a tree of arrays.")
+    non_arrays = [name for name, leaf in _named_leaves(tree) if not isinstance(leaf, (np.ndarray, np.generic))]
+    if non_arrays:
+        raise CheckpointError(f"{path}: these entries are not arrays: {', '.join(non_arrays[:10])}")
+    try:
+        check_meta_params(tree, config if config is not None else config_from_meta_params(tree))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+
+
+def save_weights(path: str | os.PathLike, meta_params: MetaParams, *, gen_id: str = "velojax", step: int = 0) -> Path:
+    """Write meta-parameters in the official format, atomically (a temporary file in the
+    same directory, then a rename): a reader never sees a partial file.
+
+    Returns the path written.
+    """
+    path = Path(path)
+    config_from_meta_params(meta_params)  # refuse to write a malformed tree
+    state = {
+        "params": jax.tree.map(lambda x: np.asarray(x, np.float32), meta_params),
+        "gen_id": gen_id,
+        "step": int(step),
+    }
+    data = serialization.msgpack_serialize(state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _named_leaves(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in tree.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out += _named_leaves(value, name)
+        else:
+            out.append((name, value))
+    return out

@@ -1,0 +1,214 @@
+"""VeLO as an optax optimizer.
+
+    import optax
+    from velojax import optimizer
+
+    tx = optimizer.velo(num_steps=1000)          # the official pretrained VeLO
+    state = tx.init(params)
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, state = tx.update(grads, state, params, value=loss)
+    params = optax.apply_updates(params, updates)
+
+VeLO has no learning rate. It needs two things an ordinary optimizer does not: the
+number of steps the run will take (`num_steps`, which it plans its schedule around) and
+the training loss at every step (`value=`, the loss whose gradient is `grads`).
+
+Behaviour at the edges (all tested):
+  * a non-finite `value` is not absorbed into VeLO's loss statistics (they repeat the
+    previous step's); NaN gradient entries count as 0 and +-inf are clipped to +-1000;
+  * training past `num_steps` keeps working, but VeLO's time features saturate after
+    about 1.2 x num_steps and it never saw such runs in meta-training;
+  * bf16 (or any float) params keep their dtype, as do their m and rms accumulators;
+    the arithmetic is float32;
+  * zero-size leaves get empty updates and take no part in the LSTM;
+  * integer leaves, a missing `value` or `params`, and grads or a state that do not
+    match the params raise a ValueError/TypeError that names the problem.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from velojax.checkpoint import CheckpointError, load_weights, save_weights
+from velojax.config import VeLOConfig
+from velojax.core import VeLOState, velo_init, velo_update
+from velojax.meta_params import (
+    MetaParams,
+    check_meta_params,
+    config_from_meta_params,
+    init_meta_params,
+    num_meta_params,
+    path_str,
+)
+from velojax.pretrained import PretrainedWeightsUnavailable, load_pretrained, pretrained_weights_path
+
+__all__ = [
+    "CheckpointError",
+    "PretrainedWeightsUnavailable",
+    "VeLOConfig",
+    "VeLOState",
+    "init_meta_params",
+    "load_pretrained",
+    "load_weights",
+    "num_meta_params",
+    "pretrained_weights_path",
+    "resolve_weights",
+    "save_weights",
+    "velo",
+    "velo_init",
+    "velo_update",
+]
+
+_MAX_STEPS = np.iinfo(np.int32).max
+
+
+def resolve_weights(weights: Any = None, config: VeLOConfig | None = None) -> tuple[MetaParams, VeLOConfig]:
+    """(meta-parameters, config) from a meta-parameter tree, a checkpoint path, or None
+    (the pretrained VeLO). Without `config`, the sizes are read off the weights and the
+    rest is VeLO's."""
+    if weights is None:
+        weights = load_pretrained()
+    elif isinstance(weights, (str, os.PathLike)):
+        weights = load_weights(weights, config)
+    elif isinstance(weights, dict):
+        weights = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), weights)
+    else:
+        raise TypeError(
+            "weights must be None (pretrained VeLO), a checkpoint path, or a meta-parameter dict; "
+            f"got {type(weights).__name__}."
+        )
+    if config is None:
+        config = config_from_meta_params(weights)
+    else:
+        check_meta_params(weights, config)
+    return weights, config
+
+
+def _check_num_steps(num_steps: Any) -> int:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+        raise TypeError(f"num_steps must be an int (the number of updates the run will make), got {num_steps!r}.")
+    if not 1 <= int(num_steps) <= _MAX_STEPS:
+        raise ValueError(f"num_steps must be between 1 and {_MAX_STEPS}, got {num_steps}.")
+    return int(num_steps)
+
+
+def _leaf_names(tree: Any) -> list[str]:
+    return [path_str(p) or "<root>" for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _check_params(params: Any) -> None:
+    for name, leaf in zip(_leaf_names(params), jax.tree.leaves(params)):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:
+            raise TypeError(f"velo: param leaf '{name}' is a {type(leaf).__name__}, not an array.")
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"velo: param leaf '{name}' has dtype {dtype}; VeLO only optimises floating-point leaves. "
+                "Keep integer leaves out of the optimised tree (e.g. optax.partition / nnx.Param filters)."
+            )
+
+
+def _check_same_tree(what: str, tree: Any, params: Any) -> None:
+    if jax.tree.structure(tree) != jax.tree.structure(params):
+        have, want = set(_leaf_names(tree)), set(_leaf_names(params))
+        detail = []
+        if want - have:
+            detail.append(f"missing {sorted(want - have)[:5]}")
+        if have - want:
+            detail.append(f"unexpected {sorted(have - want)[:5]}")
+        raise ValueError(
+            f"velo: {what} and params have different tree structures"
+            + (f" ({'; '.join(detail)})" if detail else f": {jax.tree.structure(tree)} vs {jax.tree.structure(params)}")
+            + "."
+        )
+    for name, a, b in zip(_leaf_names(params), jax.tree.leaves(tree), jax.tree.leaves(params)):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(f"velo: {what} leaf '{name}' has shape {np.shape(a)}, but the param has {np.shape(b)}.")
+        if not jnp.issubdtype(getattr(a, "dtype", np.float32), jnp.floating):
+            raise TypeError(f"velo: {what} leaf '{name}' has dtype {a.dtype}; expected a float gradient.")
+
+
+def _check_state(state: Any, params: Any) -> None:
+    if not isinstance(state, VeLOState):
+        raise TypeError(f"velo: expected the VeLOState from tx.init, got {type(state).__name__}.")
+    treedef = jax.tree.structure(params)
+    try:
+        nu = treedef.flatten_up_to(state.nu)
+    except (ValueError, TypeError):
+        raise ValueError(
+            "velo: the optimizer state was initialised for a different parameter tree; call tx.init(params) again."
+        ) from None
+    for name, v, p in zip(_leaf_names(params), nu, jax.tree.leaves(params)):
+        if np.shape(v) != np.shape(p):
+            raise ValueError(
+                f"velo: the optimizer state was initialised for a param '{name}' of shape {np.shape(v)}, "
+                f"but it now has shape {np.shape(p)}; call tx.init(params) again."
+            )
+
+
+def _loss_scalar(value: Any) -> jax.Array:
+    value = jnp.asarray(value)
+    if value.size != 1:
+        raise ValueError(f"velo: value must be the scalar training loss, got shape {value.shape}.")
+    if not jnp.issubdtype(value.dtype, jnp.floating) and not jnp.issubdtype(value.dtype, jnp.integer):
+        raise TypeError(f"velo: value must be a real number, got dtype {value.dtype}.")
+    return value.reshape(()).astype(jnp.float32)
+
+
+def velo(
+    num_steps: int,
+    *,
+    weights: Any = None,
+    config: VeLOConfig | None = None,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """VeLO as an optax `GradientTransformationExtraArgs`.
+
+    Args:
+      num_steps: how many updates the run will make (VeLO plans around it).
+      weights: meta-parameters: None for the official pretrained VeLO (see
+        `velojax.pretrained`), a checkpoint path, or a meta-parameter tree.
+      config: the architecture; by default read off `weights` (VeLO's flags).
+      weight_decay: as the reference's wrapper: adds weight_decay * p to each gradient
+        and weight_decay * sum(p^2) to the loss VeLO sees. Off by default.
+    Returns:
+      A transformation whose `update(grads, state, params, value=loss)` returns
+      (updates, state); `params` and `value` are required. The state holds no copy of
+      the params.
+    """
+    num_steps = _check_num_steps(num_steps)
+    if not isinstance(weight_decay, numbers.Real) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}.")
+    meta_params, config = resolve_weights(weights, config)
+
+    def init_fn(params):
+        _check_params(params)
+        return velo_init(meta_params, params, num_steps, config)
+
+    def update_fn(updates, state, params=None, *, value=None, **extra_args):
+        if params is None:
+            raise ValueError("velo: update needs the current params: tx.update(grads, state, params, value=loss).")
+        if value is None:
+            hint = ""
+            if "loss" in extra_args or "extra_args" in extra_args:
+                hint = " (velojax takes the loss as value=, not loss= or extra_args={'loss': ...})"
+            raise ValueError(
+                "velo: update needs the training loss: tx.update(grads, state, params, value=loss)" + hint + "."
+            )
+        _check_params(params)
+        _check_same_tree("grads", updates, params)
+        _check_state(state, params)
+        loss = _loss_scalar(value)
+        if weight_decay:
+            loss = loss + weight_decay * sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params))
+            updates = jax.tree.map(lambda g, p: g + weight_decay * p, updates, params)
+        return velo_update(meta_params, state, updates, params, loss, config)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
