@@ -15,6 +15,8 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 jax.config.update("jax_compilation_cache_dir", str(REPO / ".jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# Our code must not rely on implicit promotion; tests that run optax's own transforms
+# (which do) opt out with @jax.numpy_dtype_promotion("standard").
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 ORACLE = Path(os.environ.get("VELOJAX_ORACLE_DIR", REPO.parent / "shared" / "velo_oracle"))

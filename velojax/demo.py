@@ -10,6 +10,7 @@ demo needs no data. VeLO uses the official pretrained weights when they are avai
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import jax
@@ -33,8 +34,8 @@ def make_task(seed: int = 0, dim: int = 32, hidden: int = 128, classes: int = 8,
     def init(key):
         k1, k2 = jax.random.split(key)
         return {
-            "hidden": {"kernel": jax.random.normal(k1, (dim, hidden)) / jnp.sqrt(dim), "bias": jnp.zeros(hidden)},
-            "out": {"kernel": jax.random.normal(k2, (hidden, classes)) / jnp.sqrt(hidden), "bias": jnp.zeros(classes)},
+            "hidden": {"kernel": jax.random.normal(k1, (dim, hidden)) / math.sqrt(dim), "bias": jnp.zeros(hidden)},
+            "out": {"kernel": jax.random.normal(k2, (hidden, classes)) / math.sqrt(hidden), "bias": jnp.zeros(classes)},
         }
 
     def loss(params, batch):
