@@ -18,18 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from velojax import loss_buffer as loss_buffer_lib
+from velojax import tensor_update as tu
 from velojax import velo_features, velo_network
 from velojax.config import VeLOConfig
-from velojax.tensor_update import (
-    clip_grad,
-    factored_pass,
-    first_pass,
-    init_accumulators,
-    tensor_step,
-    update_factored,
-)
 
 PyTree = Any
+
+# Tensors with fewer elements than this are stacked with same-shaped ones and run as one
+# vmapped computation (the program then grows with the number of distinct small shapes,
+# not of leaves); larger ones run one by one, as stacking would copy them.
+_STACK_MAX_SIZE = 1 << 14
 
 
 class VeLOState(NamedTuple):
@@ -44,6 +42,8 @@ class VeLOState(NamedTuple):
         float32 with a leading axis over the Adafactor decays.
       lstm: per-tensor LSTM state, one row per non-empty leaf in `jax.tree.leaves` order.
       loss_buffer: EMAs of the training loss.
+      moment_stats: whole-tensor statistics of mu and nu, one row per non-empty leaf
+        (computed with them; the LSTM reads them at the next step).
     """
 
     iteration: jax.Array
@@ -53,12 +53,13 @@ class VeLOState(NamedTuple):
     factored: PyTree
     lstm: velo_network.LSTMState
     loss_buffer: loss_buffer_lib.LossBufferState
+    moment_stats: velo_features.MomentStats
 
 
 def velo_init(meta_params: dict, params: PyTree, num_steps: int | jax.Array, config: VeLOConfig = VeLOConfig()) -> VeLOState:
     """Fresh state for `params` and a run of `num_steps` updates (may be traced)."""
     leaves, treedef = jax.tree.flatten(params)
-    accs = [init_accumulators(p, config) for p in leaves]
+    accs = [tu.init_accumulators(p, config) for p in leaves]
     num_tensors = sum(1 for p in leaves if p.size)  # zero-size leaves take no part
     num_steps = jnp.asarray(num_steps, jnp.int32)
     buffer_horizon = jnp.int32(10) if config.use_bugged_loss_features else num_steps
@@ -70,6 +71,7 @@ def velo_init(meta_params: dict, params: PyTree, num_steps: int | jax.Array, con
         factored=jax.tree.unflatten(treedef, [a[2] for a in accs]),
         lstm=velo_network.initial_lstm_state(meta_params, num_tensors),
         loss_buffer=loss_buffer_lib.init(buffer_horizon),
+        moment_stats=velo_features.MomentStats.zeros(num_tensors, config.num_momentum),
     )
 
 
@@ -85,111 +87,98 @@ def velo_update(
 
     `loss` is the training loss at `params` (the one `grads` is the gradient of); only
     its relative changes matter. A non-finite loss is not absorbed into the loss EMAs,
-    and NaN gradient entries count as 0 (±inf are clipped to ±1000 as usual).
+    and NaN gradient entries count as 0 (+-inf are clipped to +-1000 as usual).
     """
     all_p, treedef = jax.tree.flatten(params)
     all_g, all_m, all_v, all_f = (treedef.flatten_up_to(t) for t in (grads, state.mu, state.nu, state.factored))
-    active = [i for i, p in enumerate(all_p) if p.size]  # zero-size leaves take no part
-    p_leaves, g_leaves, m_leaves, v_leaves, f_leaves = ([leaves[i] for i in active] for leaves in (all_p, all_g, all_m, all_v, all_f))
-
     buffer = loss_buffer_lib.update(state.loss_buffer, loss)
-    loss_features = loss_buffer_lib.features(buffer)
+    active = [i for i, p in enumerate(all_p) if p.size]  # zero-size leaves take no part
     if not active:
         return jax.tree.map(jnp.zeros_like, params), state._replace(iteration=state.iteration + 1, loss_buffer=buffer)
-    g_leaves = [clip_grad(g) for g in g_leaves]
 
-    # Small tensors of the same shape run as one vmapped computation, so the program (and
-    # its compile time) grows with the number of distinct small shapes, not of leaves. Large
-    # tensors run one by one: stacking them would copy them.
-    groups = _group_leaves(p_leaves, m_leaves, v_leaves, f_leaves)
-    leaf_lists = {"p": p_leaves, "g": g_leaves, "m": m_leaves, "rms": v_leaves, "fac": f_leaves}
+    # Accumulators first: every later pass reads the new ones, so they update in place.
+    leaves = {"p": [all_p[i] for i in active], "g": [tu.clip_grad(all_g[i]) for i in active]}
+    moments = [tu.update_moments(g, all_m[i], all_v[i], config) for i, g in zip(active, leaves["g"])]
+    leaves["m"], leaves["rms"] = [m for m, _ in moments], [v for _, v in moments]
+    leaves["fac"] = [all_f[i] for i in active]
 
-    # Each pass over the data reads private copies of its inputs, `where(token, x, 0)` with
-    # a distinct always-true runtime token per pass. Without them XLA merges the
-    # elementwise intermediates the passes share (new m, rms, fac_g, ...) and, as they then
-    # have many users, writes them to fresh buffers: several times slower on CPU than
-    # recomputing them inside each fused pass. (XLA:CPU drops optimization barriers
-    # before fusion, so those cannot do this.)
-    tokens = iter(range(-1, -(1 << 20), -1))
-
-    def private(tree):
-        token = state.iteration > next(tokens)  # iteration >= 0
-        return jax.tree.map(lambda x: jnp.where(token, x, jnp.zeros_like(x)), tree)
-
-    def inputs(idx, *names):
-        return private([_stack([leaf_lists[n][i] for i in idx]) for n in names])
-
-    first, new_fac, channel_mean_sq = {}, {}, {}
-    for key, idx in groups.items():
-        first[key] = jax.vmap(first_pass, in_axes=(0,) * 4 + (None,))(*inputs(idx, "p", "g", "m", "rms"), config)
-        new_fac[key] = jax.vmap(update_factored, in_axes=(0, 0, None))(*inputs(idx, "g", "fac"), config)
-        late = jax.vmap(factored_pass, in_axes=(0, 0, 0, None))(*inputs(idx, "g", "m"), private(new_fac[key]), config)
-        channel_mean_sq[key] = jnp.concatenate([first[key][1], late], axis=1)
-    order = [i for idx in groups.values() for i in idx]
-    stats = jax.tree.map(lambda *xs: _in_leaf_order(jnp.concatenate(xs), order), *[f[0] for f in first.values()])
+    groups = _group_leaves(leaves["p"], leaves["m"], leaves["fac"])
+    pass_inputs = _PassInputs(leaves, state.iteration)
+    first, shifts, late, new_fac, stat_mean_sq = ([] for _ in range(5))
+    for idx in groups:
+        f, s = jax.vmap(tu.first_pass)(*pass_inputs(idx, "p", "g", "m", "rms"))
+        fac, msq = jax.vmap(tu.update_factored, in_axes=(0, 0, None))(*pass_inputs(idx, "g", "fac"), config)
+        late.append(jax.vmap(tu.factored_pass)(*pass_inputs(idx, "g", "m"), pass_inputs.private(fac)))
+        first.append(f), shifts.append(s), new_fac.append(fac), stat_mean_sq.append(msq)
+    order = np.argsort(np.concatenate(groups))  # rows are grouped; put them back in leaf order
+    first, shifts, late, stat_mean_sq = (jnp.concatenate(x)[order] for x in (first, shifts, late, stat_mean_sq))
+    mean_p2, channel_mean_sq, moment_stats = tu.summarize(first, shifts, late, config)
 
     fraction_trained = state.iteration.astype(jnp.float32) / state.num_steps.astype(jnp.float32)
     x = velo_features.lstm_features(
-        stats, velo_features.rank_one_hot([p.shape for p in p_leaves]), fraction_trained, loss_features
+        state.moment_stats,
+        mean_p2,
+        velo_features.rank_one_hot([p.shape for p in leaves["p"]]),
+        fraction_trained,
+        loss_buffer_lib.features(buffer),
     )
     controls, lr_mult, lstm = velo_network.rnn_forward(meta_params["rnn_params"], x, state.lstm)
     if config.use_bugged_next_lstm_state:
         lstm = state.lstm
     weights = velo_network.mix_mlp_weights(meta_params["ff_mod_stack"]["~"], controls, config)
+    mlps = tu.mlp_inputs(weights, channel_mean_sq, stat_mean_sq, config)
 
     updates = [jnp.zeros_like(p) for p in all_p]
     mu, nu, factored = list(all_m), list(all_v), list(all_f)
-    step = jax.vmap(tensor_step, in_axes=(0,) * 9 + (None,))
-    for key, idx in groups.items():
+    step = jax.vmap(tu.tensor_step, in_axes=(0,) * 8 + (None,))
+    for idx, fac in zip(groups, new_fac):
         rows = np.asarray(idx)
-        group_weights = jax.tree.map(lambda w: w[rows], weights)
-        u, m, v = step(
-            *inputs(idx, "p", "g", "m", "rms"),
-            private(new_fac[key]),
-            channel_mean_sq[key],
-            group_weights,
-            lr_mult[rows],
-            stats.mean_p2[rows],
-            config,
-        )
+        group_mlp = jax.tree.map(lambda w: w[rows], mlps)
+        u = step(*pass_inputs(idx, "p", "g", "m", "rms"), pass_inputs.private(fac), group_mlp, lr_mult[rows], mean_p2[rows], config)
         for j, i in enumerate(idx):
             leaf = active[i]
-            updates[leaf], mu[leaf], nu[leaf] = u[j], tuple(x[j] for x in m), v[j]
-            factored[leaf] = tuple(f[j] for f in new_fac[key])
-    updates, mu, nu, factored = (jax.tree.unflatten(treedef, x) for x in (updates, mu, nu, factored))
+            updates[leaf], mu[leaf], nu[leaf] = u[j], leaves["m"][i], leaves["rms"][i]
+            factored[leaf] = tuple(v[j] for v in fac)
     new_state = VeLOState(
         iteration=state.iteration + 1,
         num_steps=state.num_steps,
-        mu=mu,
-        nu=nu,
-        factored=factored,
+        mu=jax.tree.unflatten(treedef, mu),
+        nu=jax.tree.unflatten(treedef, nu),
+        factored=jax.tree.unflatten(treedef, factored),
         lstm=lstm,
         loss_buffer=buffer,
+        moment_stats=moment_stats,
     )
-    return updates, new_state
+    return jax.tree.unflatten(treedef, updates), new_state
 
 
-# Tensors with fewer elements than this are stacked with same-shaped ones.
-_STACK_MAX_SIZE = 1 << 14
-
-
-def _group_leaves(*leaf_lists) -> dict[tuple, list[int]]:
-    """Leaf indices grouped by the shapes and dtypes of all their per-leaf arrays; every
-    large tensor is a group of its own."""
+def _group_leaves(p_leaves, m_leaves, f_leaves) -> list[list[int]]:
+    """Leaf indices grouped by the shapes and dtypes of their arrays; every large tensor is
+    a group of its own."""
     groups: dict[tuple, list[int]] = {}
-    for i, leaves in enumerate(zip(*leaf_lists)):
-        key = tuple((x.shape, x.dtype) for x in jax.tree.leaves(leaves))
-        if leaves[0].size >= _STACK_MAX_SIZE:
-            key = (i,) + key
-        groups.setdefault(key, []).append(i)
-    return groups
+    for i, arrays in enumerate(zip(p_leaves, m_leaves, f_leaves)):
+        key = tuple((x.shape, x.dtype) for x in jax.tree.leaves(arrays))
+        groups.setdefault((i,) if p_leaves[i].size >= _STACK_MAX_SIZE else key, []).append(i)
+    return list(groups.values())
 
 
-def _stack(xs: list) -> Any:
-    return jax.tree.map(lambda *a: jnp.stack(a), *xs)
+class _PassInputs:
+    """Stacked, private inputs for one pass over a group of tensors.
 
+    Each pass reads `where(token, x, 0)` of its inputs, with a distinct always-true
+    runtime token per pass. Without it XLA merges the elementwise intermediates several
+    passes share (rsqrt(rms), fac_g, ...) and, as they then have several users, writes
+    them to memory: several times slower on CPU than recomputing them inside each fused
+    pass. (XLA:CPU drops optimization barriers before fusion, so those cannot do this.)
+    """
 
-def _in_leaf_order(x: jax.Array, order: list[int]) -> jax.Array:
-    """Rows of x are in `order` (grouped); return them in leaf order."""
-    inverse = np.argsort(np.asarray(order))
-    return x[inverse]
+    def __init__(self, leaves: dict[str, list], iteration: jax.Array):
+        self._leaves, self._iteration, self._count = leaves, iteration, 0
+
+    def private(self, tree):
+        self._count += 1
+        token = self._iteration > -self._count  # iteration >= 0
+        return jax.tree.map(lambda x: jnp.where(token, x, jnp.zeros_like(x)), tree)
+
+    def __call__(self, idx: list[int], *names: str) -> list:
+        return self.private([jax.tree.map(lambda *xs: jnp.stack(xs), *[self._leaves[n][i] for i in idx]) for n in names])

@@ -1,21 +1,22 @@
-"""The per-tensor half of a VeLO step: accumulators, per-parameter MLP inputs, the MLP
-and the step, for one parameter tensor S.
+"""The per-tensor half of a VeLO step, for one parameter tensor of shape S.
 
 Layout (ours, not the reference's): momentum is a tuple of K_m arrays [*S], one per
-decay, so that no pass slices a strided decay axis; rms is [*S]; the factored second
-moments are (v_row [K_f, *S without d0], v_col [K_f, *S without d1]) for ndim >= 2 and
+decay, so no pass slices a strided decay axis; rms is [*S]; the factored second moments
+are (v_row [K_f, *S without d0], v_col [K_f, *S without d1]) for ndim >= 2 and
 (v_diag [K_f, *S],) otherwise.
 
-A step makes three passes over a tensor's elements. `first_pass` (one variadic
-reduction: every whole-tensor statistic the LSTM and the input normalisation need) and
-`factored_pass` (the channels that need the new factored moments) run before the LSTM;
-`tensor_step` runs the per-parameter MLP after the LSTM has written its weights. Cheap
-elementwise values (new m, rms, channels) are recomputed in each pass, not stored.
+A step is: `update_moments` (new m, rms, in place) and `update_factored`; then two
+reduction passes over the elements, `first_pass` (one variadic reduction for every
+whole-tensor statistic: the input normalisation of the per-element MLP channels, and
+the statistics of the new m and rms that the LSTM reads at the next step) and
+`factored_pass` (the channels that need the new factored moments); then, after the
+LSTM has written the weights, `tensor_step` (the per-parameter MLP). Small per-tensor
+arithmetic on the pass results runs batched over all tensors (`summarize`, `mlp_inputs`).
 
-Each MLP input channel x_c is normalised as x_c * rsqrt(1e-5 + mean(x_c^2)) before the
-first layer. That layer is linear, so the scale is folded into its weights, and the
-channels that are broadcast row/column statistics contribute through small arrays; no
-[*S, 30] input tensor is formed.
+Each MLP input channel x_c is normalised as x_c * rsqrt(1e-5 + mean(x_c^2)). The first
+MLP layer is linear, so that scale is folded into its weights, and the channels that
+broadcast row/column statistics contribute through small arrays: no [*S, 30] input
+tensor is ever formed.
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from velojax.config import MLP_INPUT_GROUPS, VeLOConfig
-from velojax.velo_features import TensorStats
+from velojax.velo_features import MomentStats
 from velojax.velo_network import MLPWeights
 
 _F32 = jnp.float32
 GRAD_CLIP = 1000.0
 
-# Input groups whose channels have a value per parameter and do not need the new
-# factored moments (their mean squares come from `first_pass`), and those that do.
-_EARLY = ("g", "clipped_g", "p", "m", "rms", "m_rsqrt_rms", "rsqrt_rms", "g_rsqrt_rms")
-_LATE = ("fac_g", "fac_m")
+# Per-element channel groups, in the order `first_pass` + `factored_pass` report their
+# mean squares (the fac_row/col groups and their rsqrt are not per element).
+ELEMENT_GROUPS = ("g", "clipped_g", "p", "m", "rms", "m_rsqrt_rms", "rsqrt_rms", "g_rsqrt_rms", "fac_g", "fac_m")
+_STAT_GROUPS = (("fac_row", "rsqrt_fac_row"), ("fac_col", "rsqrt_fac_col"))
 
 
 def factored_dims(shape: Sequence[int]) -> tuple[int, int] | None:
@@ -81,29 +82,51 @@ def _safe_rsqrt(x: jax.Array) -> jax.Array:
     return jax.lax.rsqrt(jnp.maximum(x, 1e-9))
 
 
-def _group_rows(config: VeLOConfig) -> dict[str, np.ndarray]:
+def group_rows(config: VeLOConfig) -> dict[str, np.ndarray]:
     """First-layer weight rows of each MLP input group."""
     ends = np.cumsum(config.mlp_group_channels)
     return {name: np.arange(e - c, e) for name, c, e in zip(MLP_INPUT_GROUPS, config.mlp_group_channels, ends)}
 
 
-def _new_accumulators(g: jax.Array, m: Sequence[jax.Array], rms: jax.Array, config: VeLOConfig):
-    """float32 m (list of K_m) and rms with the current gradient."""
+# ---------------------------------------------------------------- accumulators
+
+
+def update_moments(g: jax.Array, m: Sequence[jax.Array], rms: jax.Array, config: VeLOConfig):
+    """New momentum EMAs and rms (EMA of g^2) with the clipped gradient g, in their dtypes."""
     m_new = []
     for beta, m_k in zip(config.momentum_decays, m):
         beta = jnp.float32(beta)
-        m_new.append(beta * m_k.astype(_F32) + (1.0 - beta) * g)
+        m_new.append((beta * m_k.astype(_F32) + (1.0 - beta) * g).astype(m_k.dtype))
     beta = jnp.float32(config.rms_decays[0])
-    return m_new, beta * rms.astype(_F32) + (1.0 - beta) * jnp.square(g)
+    rms_new = beta * rms.astype(_F32) + (1.0 - beta) * jnp.square(g)
+    return tuple(m_new), rms_new.astype(rms.dtype)
 
 
-def _update_factored(g: jax.Array, fac: tuple[jax.Array, ...], config: VeLOConfig) -> tuple[jax.Array, ...]:
-    """New factored second moments: EMAs of g^2 + 1e-30 (row/col means if factored)."""
+def update_factored(g: jax.Array, fac: tuple[jax.Array, ...], config: VeLOConfig):
+    """New factored second moments (EMAs of g^2 + 1e-30, as row/column means if factored)
+    and the mean squares of the row/column channels [2, 2 K_f] that they define."""
+    scalar = g.ndim == 0
+    g = _as_vector(g)
+    fac_in = tuple(v.reshape(-1, 1) for v in fac) if scalar else fac
     g_sq = jnp.square(g) + 1e-30
     dims = factored_dims(g.shape)
     reduced = [g_sq] if dims is None else [jnp.mean(g_sq, axis=dims[1]), jnp.mean(g_sq, axis=dims[0])]
     beta = jnp.asarray(config.adafactor_decays, _F32).reshape((-1,) + (1,) * reduced[0].ndim)
-    return tuple(beta * v + (1.0 - beta) * x[None] for v, x in zip(fac, reduced))
+    new = tuple(beta * v + (1.0 - beta) * x[None] for v, x in zip(fac_in, reduced))
+    views = _factored_views(new, g.shape)
+    mean_sq = jnp.stack([_stat_channel_mean_sq(views.row), _stat_channel_mean_sq(views.col)])
+    return tuple(v.reshape(f.shape) for v, f in zip(new, fac)), mean_sq
+
+
+def _stat_channels(v: jax.Array) -> jax.Array:
+    """The row (or column) channels: v and rsqrt(v + 1e-8), [2 K_f, ...]."""
+    return jnp.concatenate([v, jax.lax.rsqrt(v + 1e-8)])
+
+
+def _stat_channel_mean_sq(v: jax.Array) -> jax.Array:
+    """Mean squares [2 K_f] of the broadcast row/column channels (= over v's own elements)."""
+    stats = _stat_channels(v)
+    return jnp.mean(jnp.square(stats), axis=tuple(range(1, stats.ndim)))
 
 
 class _FactoredViews(NamedTuple):
@@ -130,18 +153,7 @@ def _factored_views(fac: tuple[jax.Array, ...], shape: tuple[int, ...]) -> _Fact
     return _FactoredViews(v_row, v_col, q, q, lambda x: jnp.expand_dims(x, d0), lambda x: jnp.expand_dims(x, d1))
 
 
-def _channels(p32, g, m_new, rms_new, views: _FactoredViews | None) -> dict[str, list[jax.Array]]:
-    """The MLP's per-element input channels by group (all but fac_row/col and their rsqrt);
-    without `views`, only the `_EARLY` groups."""
-    r = jax.lax.rsqrt(rms_new + 1e-6)
-    channels = {
-        "g": [g], "clipped_g": [jnp.clip(g, -0.1, 0.1)], "p": [p32], "m": m_new, "rms": [rms_new],
-        "m_rsqrt_rms": [m * r for m in m_new], "rsqrt_rms": [r], "g_rsqrt_rms": [g * r],
-    }  # fmt: skip
-    if views is not None:
-        channels["fac_g"] = [g * q for q in views.mult_g]
-        channels["fac_m"] = [m * q for m, q in zip(m_new, views.mult_m)]
-    return channels
+# ---------------------------------------------------------------- reduction passes
 
 
 def _rows(x: jax.Array) -> jax.Array:
@@ -151,120 +163,133 @@ def _rows(x: jax.Array) -> jax.Array:
     return x.reshape(-1, 128) if x.size % 128 == 0 else x.reshape(1, -1)
 
 
-def _means(xs: list[jax.Array]) -> list[jax.Array]:
-    """Means of same-shaped arrays over all their axes: one variadic reduction along rows
-    (XLA:CPU runs one long scalar reduction chain several times slower), then a small sum
-    over the row totals."""
+def _means(xs: list[jax.Array]) -> jax.Array:
+    """Means [len(xs)] of same-shaped arrays over all their axes: one variadic reduction
+    along rows (XLA:CPU runs one long scalar reduction chain several times slower), then
+    a small sum over the row totals."""
     rows = [_rows(x) for x in xs]
     zeros = [jnp.zeros((), x.dtype) for x in xs]
     totals = jax.lax.reduce(rows, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (1,))
-    return [jnp.sum(t) / xs[0].size for t in totals]
+    return jnp.stack([jnp.sum(t) for t in totals]) / xs[0].size
 
 
-def first_pass(p, g, m, rms, config: VeLOConfig) -> tuple[TensorStats, jax.Array]:
-    """One reduction pass: LSTM statistics of (p, old m, old rms) and the mean square of
-    every per-element MLP channel of the `_EARLY` groups.
+def first_pass(p, g, m, rms) -> tuple[jax.Array, jax.Array]:
+    """One reduction pass over (p, clipped g, *new* m and rms).
 
-    Args: p [*S]; g [*S] clipped float32 (`clip_grad`); m (K_m x [*S]); rms [*S].
-    Returns: (stats, mean squares [C_early] in `_channels` order).
+    Returns (means, shifts): means [5 + 3 K_m + 2] of p^2, g^2, clip(g)^2, (m_k r)^2,
+    r^2, (g r)^2 with r = rsqrt(rms + 1e-6), then d_k, d_k^2 for d_k = m_k - shift_k, then
+    e, e^2 for e = rms - shift_rms; shifts [K_m + 1] are the first elements of m_k and rms
+    (shifted sums give variances without cancellation). Decoded by `summarize`.
     """
     p32, g, rms = _as_vector(p).astype(_F32), _as_vector(g), _as_vector(rms).astype(_F32)
     m = [_as_vector(m_k).astype(_F32) for m_k in m]
-    m_new, rms_new = _new_accumulators(g, m, rms, config)
-    channels = _channels(p32, g, m_new, rms_new, None)
-
-    # Variances in the same pass, shifted by each array's first element (exact for constant
-    # arrays, and without the cancellation of E[x^2] - E[x]^2 when the mean is large).
-    shift_m = jnp.stack([m_k.reshape(-1)[0] for m_k in m])
-    shift_r = rms.reshape(-1)[0]
-    dm = [m_k - c for m_k, c in zip(m, shift_m)]
-    dr = rms - shift_r
-    head = [jnp.square(p32), dr, jnp.square(dr)] + dm + [jnp.square(x) for x in dm]
-    means = _means(head + [jnp.square(x) for name in _EARLY for x in channels[name]])
-
-    k = len(m)
-    mean_p2, mean_dr, mean_dr2 = means[:3]
-    mean_dm, mean_dm2 = jnp.stack(means[3 : 3 + k]), jnp.stack(means[3 + k : 3 + 2 * k])
-    mean_m = shift_m + mean_dm
-    offset = mean_m - shift_r  # mean((rms - mean_m)^2) = E[(rms-c)^2] - 2 (mean_m-c) E[rms-c] + (mean_m-c)^2
-    stats = TensorStats(
-        mean_p2=mean_p2,
-        mean_m=mean_m,
-        var_m=jnp.maximum(mean_dm2 - jnp.square(mean_dm), 0.0),
-        mean_rms=shift_r + mean_dr,
-        var_rms=jnp.maximum(mean_dr2 - 2.0 * offset * mean_dr + jnp.square(offset), 0.0),
-    )
-    return stats, jnp.stack(means[3 + 2 * k :])
+    r = jax.lax.rsqrt(rms + 1e-6)
+    shifts = jnp.stack([x.reshape(-1)[0] for x in m + [rms]])
+    d = [x - c for x, c in zip(m + [rms], shifts)]
+    squares = [p32, g, jnp.clip(g, -0.1, 0.1)] + [m_k * r for m_k in m] + [r, g * r]
+    return _means([jnp.square(x) for x in squares] + [y for x in d for y in (x, jnp.square(x))]), shifts
 
 
-def update_factored(g: jax.Array, fac: tuple[jax.Array, ...], config: VeLOConfig) -> tuple[jax.Array, ...]:
-    """The new factored second moments (g [*S] clipped float32)."""
-    vector = lambda v: v.reshape(-1, 1) if g.ndim == 0 else v  # noqa: E731
-    new = _update_factored(_as_vector(g), tuple(vector(v) for v in fac), config)
-    return tuple(v.reshape(f.shape) for v, f in zip(new, fac))
-
-
-def _vector_fac(fac: tuple[jax.Array, ...], scalar: bool) -> tuple[jax.Array, ...]:
-    return tuple(v.reshape(-1, 1) for v in fac) if scalar else fac
-
-
-def factored_pass(g, m, new_fac, config: VeLOConfig) -> jax.Array:
-    """One reduction pass for the channels that need the new factored moments: mean
-    squares [C_late] of fac_g and fac_m."""
+def factored_pass(g, m, new_fac) -> jax.Array:
+    """One reduction pass: the mean squares [2 K] of fac_g and fac_m (new m, new moments)."""
     scalar = g.ndim == 0
     g, m = _as_vector(g), [_as_vector(m_k).astype(_F32) for m_k in m]
-    m_new, _ = _new_accumulators(g, m, jnp.zeros_like(g), config)
-    views = _factored_views(_vector_fac(new_fac, scalar), g.shape)
-    late = [g * q for q in views.mult_g] + [m_k * q for m_k, q in zip(m_new, views.mult_m)]
-    return jnp.stack(_means([jnp.square(x) for x in late]))
+    views = _factored_views(tuple(v.reshape(-1, 1) for v in new_fac) if scalar else new_fac, g.shape)
+    late = [g * q for q in views.mult_g] + [m_k * q for m_k, q in zip(m, views.mult_m)]
+    return _means([jnp.square(x) for x in late])
 
 
-def tensor_step(p, g, m, rms, new_fac, channel_mean_sq, weights: MLPWeights, lr_mult, mean_p2, config: VeLOConfig):
+def summarize(first: jax.Array, shifts: jax.Array, late: jax.Array, config: VeLOConfig):
+    """Decode the passes of T tensors (first [T, 3 K_m + 7], shifts [T, K_m + 1], late
+    [T, 2 K_m]) into (mean_p2 [T], channel mean squares [T, C_elem] in ELEMENT_GROUPS
+    order, MomentStats of the new accumulators)."""
+    k = config.num_momentum
+    mean_p2, mean_g2, mean_clip2 = first[:, 0], first[:, 1], first[:, 2]
+    m_r2, r2, g_r2 = first[:, 3 : 3 + k], first[:, 3 + k], first[:, 4 + k]
+    shifted = first[:, 5 + k :].reshape(first.shape[0], k + 1, 2)  # (mean d, mean d^2) per m_k, rms
+    mean_d, mean_d2 = shifted[..., 0], shifted[..., 1]
+    mean_x = shifts + mean_d
+    mean_x2 = mean_d2 + 2.0 * shifts * mean_d + jnp.square(shifts)  # E[x^2] from the shifted sums
+    mean_m, mean_rms = mean_x[:, :k], mean_x[:, k]
+    offset = mean_m - shifts[:, k : k + 1]  # var_rms_k = E[(rms - mean_m_k)^2], from rms's shifted sums
+    stats = MomentStats(
+        mean_m=mean_m,
+        var_m=jnp.maximum(mean_d2[:, :k] - jnp.square(mean_d[:, :k]), 0.0),
+        mean_rms=mean_rms,
+        var_rms=jnp.maximum(mean_d2[:, k:] - 2.0 * offset * mean_d[:, k:] + jnp.square(offset), 0.0),
+    )
+    channels = [mean_g2[:, None], mean_clip2[:, None], mean_p2[:, None], mean_x2[:, :k], mean_x2[:, k:]]
+    channels += [m_r2, r2[:, None], g_r2[:, None], late]
+    return mean_p2, jnp.concatenate(channels, axis=1), stats
+
+
+# ---------------------------------------------------------------- the per-parameter MLP
+
+
+class TensorMLP(NamedTuple):
+    """A tensor's per-parameter MLP with the input normalisation folded in (leading T axis
+    when built for T tensors by `mlp_inputs`)."""
+
+    w_element: jax.Array  # [C_elem, H] for the per-element channels, in ELEMENT_GROUPS order
+    w_row: jax.Array  # [2 K_f, H] for the row channels (fac_row, rsqrt_fac_row)
+    w_col: jax.Array  # [2 K_f, H] for the column channels
+    b0: jax.Array  # [H]
+    layers: tuple[tuple[jax.Array, jax.Array], ...]
+
+
+def mlp_inputs(weights: MLPWeights, channel_mean_sq: jax.Array, stat_mean_sq: jax.Array, config: VeLOConfig) -> TensorMLP:
+    """Fold each channel's normalisation rsqrt(1e-5 + mean x^2) into the mixed first-layer
+    weights, for T tensors (weights with a leading T axis; channel_mean_sq [T, C_elem];
+    stat_mean_sq [T, 2, 2 K_f] from `update_factored`)."""
+    rows = group_rows(config)
+    element_rows = np.concatenate([rows[name] for name in ELEMENT_GROUPS])
+    w0 = weights.w0  # [T, C, H]
+    scaled = lambda idx, ms: w0[:, idx] * _norm_scale(ms)[..., None]  # noqa: E731
+    stat_rows = [np.concatenate([rows[a], rows[b]]) for a, b in _STAT_GROUPS]
+    return TensorMLP(
+        w_element=scaled(element_rows, channel_mean_sq),
+        w_row=scaled(stat_rows[0], stat_mean_sq[:, 0]),
+        w_col=scaled(stat_rows[1], stat_mean_sq[:, 1]),
+        b0=weights.b0,
+        layers=weights.layers,
+    )
+
+
+def tensor_step(p, g, m, rms, new_fac, mlp: TensorMLP, lr_mult, mean_p2, config: VeLOConfig):
     """The per-parameter MLP and the step for one tensor.
 
     Args:
-      p, g, m, rms: as for `first_pass` (the *old* m and rms).
-      new_fac: the new factored moments (`update_factored`).
-      channel_mean_sq: [C_early + C_late] from `first_pass` and `factored_pass`.
-      weights: this tensor's mixed MLP weights (no leading T axis).
-      lr_mult: this tensor's step multiplier from the LSTM, [].
-      mean_p2: mean(p^2), [].
+      p: parameter [*S]; g: clipped float32 gradient; m, rms: the *new* accumulators;
+      new_fac: the new factored moments; mlp: this tensor's `TensorMLP` (no T axis);
+      lr_mult: its step multiplier from the LSTM []; mean_p2: mean(p^2) [].
     Returns:
-      (update, m, rms): update = cast(p - step) - p in p's dtype; the new m and rms in
-      their incoming dtypes and shapes.
+      the update cast(p - step) - p, in p's dtype.
     """
     shape, scalar = p.shape, p.ndim == 0
-    p, g, rms_in = _as_vector(p), _as_vector(g), _as_vector(rms)
-    m_new, rms_new = _new_accumulators(g, [_as_vector(m_k) for m_k in m], rms_in, config)
-    views = _factored_views(_vector_fac(new_fac, scalar), g.shape)
+    p, g, rms = _as_vector(p), _as_vector(g), _as_vector(rms).astype(_F32)
+    m = [_as_vector(m_k).astype(_F32) for m_k in m]
+    views = _factored_views(tuple(v.reshape(-1, 1) for v in new_fac) if scalar else new_fac, g.shape)
     p32 = p.astype(_F32)
-    channels = _channels(p32, g, m_new, rms_new, views)
-    elementwise = [x for name in channels for x in channels[name]]
-
-    rows = _group_rows(config)
-    w0 = weights.w0  # [C, H]
-    w_eff = w0[np.concatenate([rows[name] for name in channels])] * _norm_scale(channel_mean_sq)[:, None]
-
-    # fac_row/col and their rsqrt only vary along the kept axes: contract them on those
-    # small arrays ([H, *S without d0] / [H, *S without d1]) and broadcast the result.
-    def stat_part(v, group, rsqrt_group):
-        stats = jnp.concatenate([v, jax.lax.rsqrt(v + 1e-8)])  # [2 K_f, ...]
-        w = w0[np.concatenate([rows[group], rows[rsqrt_group]])]
-        mean_sq = jnp.mean(jnp.square(stats), axis=tuple(range(1, stats.ndim)))  # = that of the broadcast
-        return jnp.tensordot(w * _norm_scale(mean_sq)[:, None], stats, axes=((0,), (0,)))
-
-    row_part = stat_part(views.row, "fac_row", "rsqrt_fac_row")
-    col_part = stat_part(views.col, "fac_col", "rsqrt_fac_col")
+    r = jax.lax.rsqrt(rms + 1e-6)
+    channels = (
+        [g, jnp.clip(g, -0.1, 0.1), p32, *m, rms, *(m_k * r for m_k in m), r, g * r]
+        + [g * q for q in views.mult_g]
+        + [m_k * q for m_k, q in zip(m, views.mult_m)]
+    )
+    # Row/column channels vary along the kept axes only: contract them on those small
+    # arrays ([H, *S without d0] / [H, *S without d1]) and broadcast the result.
+    row_part = jnp.tensordot(mlp.w_row, _stat_channels(views.row), axes=((0,), (0,)))
+    col_part = jnp.tensordot(mlp.w_col, _stat_channels(views.col), axes=((0,), (0,)))
 
     hidden = []
-    for j in range(w0.shape[1]):
-        h = weights.b0[j] + views.expand_row(row_part[j]) + views.expand_col(col_part[j])
-        for c, x in enumerate(elementwise):
-            h = h + x * w_eff[c, j]
+    for j in range(mlp.b0.shape[0]):
+        h = mlp.b0[j] + views.expand_row(row_part[j]) + views.expand_col(col_part[j])
+        for c, x in enumerate(channels):
+            h = h + x * mlp.w_element[c, j]
         hidden.append(h)
-    for li, (w, b) in enumerate(weights.layers):
+    for li, (w, b) in enumerate(mlp.layers):
         hidden = [jax.nn.relu(h) for h in hidden]
-        n_out = 2 if li == len(weights.layers) - 1 else w.shape[1]  # output 2 is never used
+        n_out = 2 if li == len(mlp.layers) - 1 else w.shape[1]  # output 2 is never used
         hidden = [sum((h * w[i, j] for i, h in enumerate(hidden)), b[j]) for j in range(n_out)]
     direction, magnitude = hidden
 
@@ -272,6 +297,4 @@ def tensor_step(p, g, m, rms, new_fac, channel_mean_sq, weights: MLPWeights, lr_
     step = direction * (param_scale * jnp.exp(magnitude * config.exp_mult)) * config.step_mult
     step = lr_mult * step
     new_p = (p32 - step).astype(p.dtype)
-    update = (new_p - p).reshape(shape)
-    m_out = tuple(x.astype(m_k.dtype).reshape(shape) for x, m_k in zip(m_new, m))
-    return update, m_out, rms_new.astype(rms.dtype).reshape(shape)
+    return (new_p - p).reshape(shape)

@@ -14,34 +14,25 @@ from velojax.config import NUM_RANK_FEATURES
 _TIME_CENTERS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
 
 
-class TensorStats(NamedTuple):
-    """Whole-tensor reductions of p and of the *previous* m and rms (shapes for one tensor).
+class MomentStats(NamedTuple):
+    """Whole-tensor statistics of the momentum and rms accumulators, one row per tensor.
 
-    `var_rms` is mean((rms - mean(m_k))^2): it subtracts the momentum mean, a reference
-    bug that VeLO's weights depend on (kept).
+    The LSTM reads them for the accumulators *before* the current gradient; velojax
+    computes them in the pass that produces the accumulators and keeps them in the
+    optimizer state for the next step. `var_rms` is mean((rms - mean(m_k))^2): it
+    subtracts the momentum mean, a reference bug that VeLO's weights depend on (kept).
     """
 
-    mean_p2: jax.Array  # []
-    mean_m: jax.Array  # [K_m]
-    var_m: jax.Array  # [K_m]
-    mean_rms: jax.Array  # []
-    var_rms: jax.Array  # [K_m]
+    mean_m: jax.Array  # [T, K_m]
+    var_m: jax.Array  # [T, K_m]
+    mean_rms: jax.Array  # [T]
+    var_rms: jax.Array  # [T, K_m]
 
-
-def tensor_stats(p: jax.Array, m: jax.Array, rms: jax.Array) -> TensorStats:
-    """p: S, m: [K_m, *S], rms: S (any float dtypes). Reductions run in float32."""
-    p, m, rms = (x.astype(jnp.float32) for x in (p, m, rms))
-    axes = tuple(range(1, m.ndim))
-    mean_m = jnp.mean(m, axis=axes)
-    centred = m - mean_m.reshape(mean_m.shape + (1,) * p.ndim)
-    rms_centred = rms[None] - mean_m.reshape(mean_m.shape + (1,) * p.ndim)
-    return TensorStats(
-        mean_p2=jnp.mean(jnp.square(p)),
-        mean_m=mean_m,
-        var_m=jnp.mean(jnp.square(centred), axis=axes),
-        mean_rms=jnp.mean(rms),
-        var_rms=jnp.mean(jnp.square(rms_centred), axis=axes),
-    )
+    @classmethod
+    def zeros(cls, num_tensors: int, num_momentum: int) -> "MomentStats":
+        """The statistics of all-zero accumulators (distinct buffers, so a state can be donated)."""
+        z = lambda *shape: jnp.zeros(shape, jnp.float32)  # noqa: E731
+        return cls(z(num_tensors, num_momentum), z(num_tensors, num_momentum), z(num_tensors), z(num_tensors, num_momentum))
 
 
 def clip_log_abs(x: jax.Array) -> jax.Array:
@@ -56,19 +47,20 @@ def rank_one_hot(shapes: Sequence[tuple[int, ...]]) -> np.ndarray:
 
 
 def lstm_features(
-    stats: TensorStats,
+    stats: MomentStats,
+    mean_p2: jax.Array,
     rank: np.ndarray,
     fraction_trained: jax.Array,
     loss_features: jax.Array,
 ) -> jax.Array:
-    """LSTM inputs [T, 30] for T tensors (`stats` leaves stacked on a leading T axis).
+    """LSTM inputs [T, 30] for T tensors.
 
     Columns, in the reference's sorted-key order: fraction_left (9), loss_features (9),
-    mean_rms (1), rank (5), var_m (K_m), var_rms (K_m). Statistics are taken of m and rms
-    scaled by rsqrt(max(1e-9, mean p^2)), so variances scale by its square.
+    mean_rms (1), rank (5), var_m (K_m), var_rms (K_m). The statistics are of m and rms
+    scaled by rsqrt(max(1e-9, mean p^2)) (`mean_p2` [T]), so variances scale by its square.
     """
-    num_tensors = stats.mean_p2.shape[0]
-    scale = jax.lax.rsqrt(jnp.maximum(1e-9, stats.mean_p2))  # [T]
+    num_tensors = mean_p2.shape[0]
+    scale = jax.lax.rsqrt(jnp.maximum(1e-9, mean_p2))  # [T]
     time = jnp.tanh((fraction_trained - jnp.asarray(_TIME_CENTERS, jnp.float32)) * 10.0)
     shared = jnp.concatenate([time, loss_features])
     shared = jnp.broadcast_to(shared, (num_tensors, shared.shape[0]))
