@@ -103,12 +103,13 @@ def velo_update(
     leaves["fac"] = [all_f[i] for i in active]
 
     groups = _group_leaves(leaves["p"], leaves["m"], leaves["fac"])
-    pass_inputs = _PassInputs(leaves, state.iteration)
+    one = _pass_tokens(state.iteration, 4)
+    stacked = lambda idx, names, token: _scaled([_stack(leaves[n], idx) for n in names], token)  # noqa: E731
     first, shifts, late, new_fac, stat_mean_sq = ([] for _ in range(5))
     for idx in groups:
-        f, s = jax.vmap(tu.first_pass)(*pass_inputs(idx, "p", "g", "m", "rms"))
-        fac, msq = jax.vmap(tu.update_factored, in_axes=(0, 0, None))(*pass_inputs(idx, "g", "fac"), config)
-        late.append(jax.vmap(tu.factored_pass)(*pass_inputs(idx, "g", "m"), pass_inputs.private(fac)))
+        f, s = jax.vmap(tu.first_pass)(*stacked(idx, ("p", "g", "m", "rms"), one[0]))
+        fac, msq = jax.vmap(tu.update_factored, in_axes=(0, 0, None))(*stacked(idx, ("g", "fac"), one[1]), config)
+        late.append(jax.vmap(tu.factored_pass)(*stacked(idx, ("g", "m"), one[2]), _scaled(fac, one[2])))
         first.append(f), shifts.append(s), new_fac.append(fac), stat_mean_sq.append(msq)
     order = np.argsort(np.concatenate(groups))  # rows are grouped; put them back in leaf order
     first, shifts, late, stat_mean_sq = (jnp.concatenate(x)[order] for x in (first, shifts, late, stat_mean_sq))
@@ -134,7 +135,8 @@ def velo_update(
     for idx, fac in zip(groups, new_fac):
         rows = np.asarray(idx)
         group_mlp = jax.tree.map(lambda w: w[rows], mlps)
-        u = step(*pass_inputs(idx, "p", "g", "m", "rms"), pass_inputs.private(fac), group_mlp, lr_mult[rows], mean_p2[rows], config)
+        inputs = stacked(idx, ("p", "g", "m", "rms"), one[3])
+        u = step(*inputs, _scaled(fac, one[3]), group_mlp, lr_mult[rows], mean_p2[rows], config)
         for j, i in enumerate(idx):
             leaf = active[i]
             updates[leaf], mu[leaf], nu[leaf] = u[j], leaves["m"][i], leaves["rms"][i]
@@ -162,23 +164,21 @@ def _group_leaves(p_leaves, m_leaves, f_leaves) -> list[list[int]]:
     return list(groups.values())
 
 
-class _PassInputs:
-    """Stacked, private inputs for one pass over a group of tensors.
+def _stack(leaves: list, idx: list[int]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[leaves[i] for i in idx])
 
-    Each pass reads `where(token, x, 0)` of its inputs, with a distinct always-true
-    runtime token per pass. Without it XLA merges the elementwise intermediates several
-    passes share (rsqrt(rms), fac_g, ...) and, as they then have several users, writes
-    them to memory: several times slower on CPU than recomputing them inside each fused
-    pass. (XLA:CPU drops optimization barriers before fusion, so those cannot do this.)
+
+def _pass_tokens(iteration: jax.Array, n: int) -> list[jax.Array]:
+    """n float32 scalars, all 1.0 at run time, that XLA cannot prove equal.
+
+    Each pass over the data reads its inputs times its own token. Without that XLA merges
+    the elementwise intermediates several passes share (rsqrt(rms), fac_g, ...) and, as
+    they then have several users, writes them to memory: several times slower on CPU
+    than recomputing them inside each fused pass. (XLA:CPU drops optimization barriers
+    before fusion, so those cannot do this.)
     """
+    return [(iteration > -k).astype(jnp.float32) for k in range(1, n + 1)]  # iteration >= 0
 
-    def __init__(self, leaves: dict[str, list], iteration: jax.Array):
-        self._leaves, self._iteration, self._count = leaves, iteration, 0
 
-    def private(self, tree):
-        self._count += 1
-        token = self._iteration > -self._count  # iteration >= 0
-        return jax.tree.map(lambda x: jnp.where(token, x, jnp.zeros_like(x)), tree)
-
-    def __call__(self, idx: list[int], *names: str) -> list:
-        return self.private([jax.tree.map(lambda *xs: jnp.stack(xs), *[self._leaves[n][i] for i in idx]) for n in names])
+def _scaled(tree: Any, token: jax.Array) -> Any:
+    return jax.tree.map(lambda x: x * token.astype(x.dtype), tree)
