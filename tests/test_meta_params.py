@@ -59,7 +59,8 @@ def test_custom_decays_change_the_channel_counts():
     tx = optimizer.velo(5, weights=meta, config=config)
     params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
     updates, state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params, value=1.0)
-    assert len(state.mu["w"]) == 2 and state.factored["w"][0].shape == (2, 3)
+    acc = optimizer.leaf_accumulators(state, params)
+    assert len(acc["mu"]["w"]) == 2 and acc["factored"]["w"][0].shape == (2, 3)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,12 @@ meta-parameters and `jax.jit` it once:
     state = velo_init(meta_params, params, num_steps)
     updates, state = velo_update(meta_params, state, grads, params, loss)
     params = optax.apply_updates(params, updates)
+
+Same-shaped tensors are processed together: the accumulators of up to
+`_CHUNK_ELEMENTS` elements' worth of same-shaped, same-dtype leaves are stored stacked
+(a `TensorGroup`) and updated by one vmapped computation, so the compiled program grows
+with the number of distinct shapes rather than of leaves. Large leaves form groups of
+their own (stacking their params and gradients would cost a copy per step).
 """
 
 from __future__ import annotations
@@ -24,10 +30,21 @@ from velojax.config import VeLOConfig
 
 PyTree = Any
 
-# Tensors with fewer elements than this are stacked with same-shaped ones and run as one
-# vmapped computation (the program then grows with the number of distinct small shapes,
-# not of leaves); larger ones run one by one, as stacking would copy them.
-_STACK_MAX_SIZE = 1 << 14
+# Most elements of stacked same-shaped leaves per group (2^20 float32 = 4 MiB an array).
+_CHUNK_ELEMENTS = 1 << 20
+
+
+class TensorGroup(NamedTuple):
+    """Accumulators of n same-shaped leaves, stacked on a leading axis of size n.
+
+    m: K_m momentum EMAs [n, *S] in the param dtype; rms: EMA of g^2 [n, *S] in the param
+    dtype; factored: (v_row [n, K_f, *S without d0], v_col [n, K_f, *S without d1]) for
+    ndim >= 2, else (v_diag [n, K_f, *S],), float32.
+    """
+
+    m: tuple[jax.Array, ...]
+    rms: jax.Array
+    factored: tuple[jax.Array, ...]
 
 
 class VeLOState(NamedTuple):
@@ -36,39 +53,52 @@ class VeLOState(NamedTuple):
     Attributes:
       iteration: int32 [], updates applied so far.
       num_steps: int32 [], the training horizon the optimizer plans for.
-      mu: tree with a tuple of K_m momentum EMAs [*S] per param, in the param dtype.
-      nu: tree like params; EMA of g^2, [*S] in the param dtype.
-      factored: tree with a tuple per param: (v_row, v_col) for ndim >= 2, else (v_diag,);
-        float32 with a leading axis over the Adafactor decays.
+      groups: the accumulators, one `TensorGroup` per group of `group_layout(params)`
+        (see `leaf_accumulators` for per-leaf views).
       lstm: per-tensor LSTM state, one row per non-empty leaf in `jax.tree.leaves` order.
       loss_buffer: EMAs of the training loss.
-      moment_stats: whole-tensor statistics of mu and nu, one row per non-empty leaf
-        (computed with them; the LSTM reads them at the next step).
+      moment_stats: whole-tensor statistics of each leaf's m and rms (rows as `lstm`),
+        computed with them; the LSTM reads them at the next step.
     """
 
     iteration: jax.Array
     num_steps: jax.Array
-    mu: PyTree
-    nu: PyTree
-    factored: PyTree
+    groups: tuple[TensorGroup, ...]
     lstm: velo_network.LSTMState
     loss_buffer: loss_buffer_lib.LossBufferState
     moment_stats: velo_features.MomentStats
 
 
+def group_layout(params: PyTree) -> tuple[tuple[int, ...], ...]:
+    """How the non-empty leaves of `params` are grouped: tuples of leaf indices (in
+    `jax.tree.leaves` order) of equal shape and dtype, ordered by their first leaf."""
+    chunks: dict[tuple, list[list[int]]] = {}
+    for i, p in enumerate(jax.tree.leaves(params)):
+        if p.size == 0:  # zero-size leaves take no part
+            continue
+        runs = chunks.setdefault((p.shape, jnp.dtype(p.dtype)), [[]])
+        if runs[-1] and (len(runs[-1]) + 1) * p.size > _CHUNK_ELEMENTS:
+            runs.append([])
+        runs[-1].append(i)
+    return tuple(sorted((tuple(run) for runs in chunks.values() for run in runs), key=lambda run: run[0]))
+
+
 def velo_init(meta_params: dict, params: PyTree, num_steps: int | jax.Array, config: VeLOConfig = VeLOConfig()) -> VeLOState:
     """Fresh state for `params` and a run of `num_steps` updates (may be traced)."""
-    leaves, treedef = jax.tree.flatten(params)
-    accs = [tu.init_accumulators(p, config) for p in leaves]
-    num_tensors = sum(1 for p in leaves if p.size)  # zero-size leaves take no part
+    leaves = jax.tree.leaves(params)
+    layout = group_layout(params)
+    groups = []
+    for idx in layout:
+        m, rms, fac = tu.init_accumulators(leaves[idx[0]], config)
+        stack = lambda x: jnp.zeros((len(idx),) + x.shape, x.dtype)  # noqa: E731
+        groups.append(TensorGroup(tuple(stack(x) for x in m), stack(rms), tuple(stack(x) for x in fac)))
+    num_tensors = sum(len(idx) for idx in layout)
     num_steps = jnp.asarray(num_steps, jnp.int32)
     buffer_horizon = jnp.int32(10) if config.use_bugged_loss_features else num_steps
     return VeLOState(
         iteration=jnp.zeros((), jnp.int32),
         num_steps=num_steps,
-        mu=jax.tree.unflatten(treedef, [a[0] for a in accs]),
-        nu=jax.tree.unflatten(treedef, [a[1] for a in accs]),
-        factored=jax.tree.unflatten(treedef, [a[2] for a in accs]),
+        groups=tuple(groups),
         lstm=velo_network.initial_lstm_state(meta_params, num_tensors),
         loss_buffer=loss_buffer_lib.init(buffer_horizon),
         moment_stats=velo_features.MomentStats.zeros(num_tensors, config.num_momentum),
@@ -90,36 +120,34 @@ def velo_update(
     and NaN gradient entries count as 0 (+-inf are clipped to +-1000 as usual).
     """
     all_p, treedef = jax.tree.flatten(params)
-    all_g, all_m, all_v, all_f = (treedef.flatten_up_to(t) for t in (grads, state.mu, state.nu, state.factored))
+    all_g = treedef.flatten_up_to(grads)
+    layout = group_layout(params)
     buffer = loss_buffer_lib.update(state.loss_buffer, loss)
-    active = [i for i, p in enumerate(all_p) if p.size]  # zero-size leaves take no part
-    if not active:
+    if not layout:
         return jax.tree.map(jnp.zeros_like, params), state._replace(iteration=state.iteration + 1, loss_buffer=buffer)
+    rows = _rows_in_leaf_order(layout)
 
-    # Accumulators first: every later pass reads the new ones, so they update in place.
-    leaves = {"p": [all_p[i] for i in active], "g": [tu.clip_grad(all_g[i]) for i in active]}
-    moments = [tu.update_moments(g, all_m[i], all_v[i], config) for i, g in zip(active, leaves["g"])]
-    leaves["m"], leaves["rms"] = [m for m, _ in moments], [v for _, v in moments]
-    leaves["fac"] = [all_f[i] for i in active]
-
-    groups = _group_leaves(leaves["p"], leaves["m"], leaves["fac"])
-    one = _pass_tokens(state.iteration, 4)
-    stacked = lambda idx, names, token: _scaled([_stack(leaves[n], idx) for n in names], token)  # noqa: E731
-    first, shifts, late, new_fac, stat_mean_sq = ([] for _ in range(5))
-    for idx in groups:
-        f, s = jax.vmap(tu.first_pass)(*stacked(idx, ("p", "g", "m", "rms"), one[0]))
-        fac, msq = jax.vmap(tu.update_factored, in_axes=(0, 0, None))(*stacked(idx, ("g", "fac"), one[1]), config)
-        late.append(jax.vmap(tu.factored_pass)(*stacked(idx, ("g", "m"), one[2]), _scaled(fac, one[2])))
-        first.append(f), shifts.append(s), new_fac.append(fac), stat_mean_sq.append(msq)
-    order = np.argsort(np.concatenate(groups))  # rows are grouped; put them back in leaf order
-    first, shifts, late, stat_mean_sq = (jnp.concatenate(x)[order] for x in (first, shifts, late, stat_mean_sq))
+    token = _pass_tokens(state.iteration, 4)
+    new_groups, inputs, first, shifts, late, stat_mean_sq = [], [], [], [], [], []
+    for idx, group in zip(layout, state.groups):
+        p = _stack([all_p[i] for i in idx])
+        g = _stack([tu.clip_grad(all_g[i]) for i in idx])
+        # Accumulators first: every later pass reads the new ones, so they update in place.
+        m, rms = jax.vmap(tu.update_moments, in_axes=(0, 0, 0, None))(g, group.m, group.rms, config)
+        fac, msq = jax.vmap(tu.update_factored, in_axes=(0, 0, None))(_scaled(g, token[0]), group.factored, config)
+        new_groups.append(TensorGroup(m, rms, fac))
+        inputs.append((p, g))
+        f, s = jax.vmap(tu.first_pass)(*_scaled((p, g, m, rms), token[1]))
+        late.append(jax.vmap(tu.factored_pass)(*_scaled((g, m, fac), token[2])))
+        first.append(f), shifts.append(s), stat_mean_sq.append(msq)
+    first, shifts, late, stat_mean_sq = (jnp.concatenate(x)[rows] for x in (first, shifts, late, stat_mean_sq))
     mean_p2, channel_mean_sq, moment_stats = tu.summarize(first, shifts, late, config)
 
     fraction_trained = state.iteration.astype(jnp.float32) / state.num_steps.astype(jnp.float32)
     x = velo_features.lstm_features(
         state.moment_stats,
         mean_p2,
-        velo_features.rank_one_hot([p.shape for p in leaves["p"]]),
+        velo_features.rank_one_hot([all_p[i].shape for i in sorted(i for idx in layout for i in idx)]),
         fraction_trained,
         loss_buffer_lib.features(buffer),
     )
@@ -130,23 +158,26 @@ def velo_update(
     mlps = tu.mlp_inputs(weights, channel_mean_sq, stat_mean_sq, config)
 
     updates = [jnp.zeros_like(p) for p in all_p]
-    mu, nu, factored = list(all_m), list(all_v), list(all_f)
     step = jax.vmap(tu.tensor_step, in_axes=(0,) * 8 + (None,))
-    for idx, fac in zip(groups, new_fac):
-        rows = np.asarray(idx)
-        group_mlp = jax.tree.map(lambda w: w[rows], mlps)
-        inputs = stacked(idx, ("p", "g", "m", "rms"), one[3])
-        u = step(*inputs, _scaled(fac, one[3]), group_mlp, lr_mult[rows], mean_p2[rows], config)
+    order = np.argsort(rows)  # group-major position -> leaf-order row
+    start = 0
+    for idx, group, (p, g) in zip(layout, new_groups, inputs):
+        tensor_rows = order[start : start + len(idx)]
+        start += len(idx)
+        group_mlp = jax.tree.map(lambda w: w[tensor_rows], mlps)
+        u = step(
+            *_scaled((p, g, group.m, group.rms, group.factored), token[3]),
+            group_mlp,
+            lr_mult[tensor_rows],
+            mean_p2[tensor_rows],
+            config,
+        )
         for j, i in enumerate(idx):
-            leaf = active[i]
-            updates[leaf], mu[leaf], nu[leaf] = u[j], leaves["m"][i], leaves["rms"][i]
-            factored[leaf] = tuple(v[j] for v in fac)
+            updates[i] = u[j]
     new_state = VeLOState(
         iteration=state.iteration + 1,
         num_steps=state.num_steps,
-        mu=jax.tree.unflatten(treedef, mu),
-        nu=jax.tree.unflatten(treedef, nu),
-        factored=jax.tree.unflatten(treedef, factored),
+        groups=tuple(new_groups),
         lstm=lstm,
         loss_buffer=buffer,
         moment_stats=moment_stats,
@@ -154,28 +185,36 @@ def velo_update(
     return jax.tree.unflatten(treedef, updates), new_state
 
 
-def _group_leaves(p_leaves, m_leaves, f_leaves) -> list[list[int]]:
-    """Leaf indices grouped by the shapes and dtypes of their arrays; every large tensor is
-    a group of its own."""
-    groups: dict[tuple, list[int]] = {}
-    for i, arrays in enumerate(zip(p_leaves, m_leaves, f_leaves)):
-        key = tuple((x.shape, x.dtype) for x in jax.tree.leaves(arrays))
-        groups.setdefault((i,) if p_leaves[i].size >= _STACK_MAX_SIZE else key, []).append(i)
-    return list(groups.values())
+def leaf_accumulators(state: VeLOState, params: PyTree) -> dict[str, PyTree]:
+    """Per-leaf views of the accumulators: {"mu": tree of K_m-tuples [*S], "nu": tree
+    [*S], "factored": tree of tuples} (zero-size leaves map to None)."""
+    leaves, treedef = jax.tree.flatten(params)
+    out = {name: [None] * len(leaves) for name in ("mu", "nu", "factored")}
+    for idx, group in zip(group_layout(params), state.groups):
+        for j, i in enumerate(idx):
+            out["mu"][i] = tuple(x[j] for x in group.m)
+            out["nu"][i] = group.rms[j]
+            out["factored"][i] = tuple(x[j] for x in group.factored)
+    return {name: jax.tree.unflatten(treedef, values) for name, values in out.items()}
 
 
-def _stack(leaves: list, idx: list[int]) -> Any:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *[leaves[i] for i in idx])
+def _rows_in_leaf_order(layout: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """For rows concatenated group by group, the permutation that puts them in leaf order."""
+    return np.argsort(np.concatenate(layout))
+
+
+def _stack(xs: list[jax.Array]) -> jax.Array:
+    return xs[0][None] if len(xs) == 1 else jnp.stack(xs)
 
 
 def _pass_tokens(iteration: jax.Array, n: int) -> list[jax.Array]:
     """n float32 scalars, all 1.0 at run time, that XLA cannot prove equal.
 
     Each pass over the data reads its inputs times its own token. Without that XLA merges
-    the elementwise intermediates several passes share (rsqrt(rms), fac_g, ...) and, as
-    they then have several users, writes them to memory: several times slower on CPU
-    than recomputing them inside each fused pass. (XLA:CPU drops optimization barriers
-    before fusion, so those cannot do this.)
+    the elementwise intermediates several passes share (new m, rsqrt(rms), fac_g, ...)
+    and, as they then have several users, writes them to memory: several times slower on
+    CPU than recomputing them inside each fused pass. (XLA:CPU drops optimization
+    barriers before fusion, so those cannot do this.)
     """
     return [(iteration > -k).astype(jnp.float32) for k in range(1, n + 1)]  # iteration >= 0
 

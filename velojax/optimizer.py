@@ -38,7 +38,7 @@ import optax
 
 from velojax.checkpoint import CheckpointError, load_weights, save_weights
 from velojax.config import VeLOConfig
-from velojax.core import VeLOState, velo_init, velo_update
+from velojax.core import VeLOState, group_layout, leaf_accumulators, velo_init, velo_update
 from velojax.meta_params import (
     MetaParams,
     check_meta_params,
@@ -55,6 +55,7 @@ __all__ = [
     "VeLOConfig",
     "VeLOState",
     "init_meta_params",
+    "leaf_accumulators",
     "load_pretrained",
     "load_weights",
     "num_meta_params",
@@ -138,18 +139,17 @@ def _check_same_tree(what: str, tree: Any, params: Any) -> None:
 def _check_state(state: Any, params: Any) -> None:
     if not isinstance(state, VeLOState):
         raise TypeError(f"velo: expected the VeLOState from tx.init, got {type(state).__name__}.")
-    treedef = jax.tree.structure(params)
-    try:
-        nu = treedef.flatten_up_to(state.nu)
-    except (ValueError, TypeError):
-        raise ValueError(
-            "velo: the optimizer state was initialised for a different parameter tree; call tx.init(params) again."
-        ) from None
-    for name, v, p in zip(_leaf_names(params), nu, jax.tree.leaves(params)):
-        if np.shape(v) != np.shape(p):
+    leaves, names = jax.tree.leaves(params), _leaf_names(params)
+    layout = group_layout(params)
+    stale = "velo: the optimizer state was initialised for a different parameter tree"
+    if len(layout) != len(state.groups):
+        raise ValueError(f"{stale} ({len(state.groups)} tensor groups, the params make {len(layout)}); call tx.init(params) again.")
+    for idx, group in zip(layout, state.groups):
+        want = (len(idx),) + tuple(leaves[idx[0]].shape)
+        if tuple(group.rms.shape) != want:
             raise ValueError(
-                f"velo: the optimizer state was initialised for a param '{name}' of shape {np.shape(v)}, "
-                f"but it now has shape {np.shape(p)}; call tx.init(params) again."
+                f"{stale}: the group of param '{names[idx[0]]}' has accumulators of shape {tuple(group.rms.shape)}, "
+                f"expected {want}; call tx.init(params) again."
             )
 
 
