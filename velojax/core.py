@@ -31,19 +31,18 @@ from velojax.config import VeLOConfig
 PyTree = Any
 
 # Most elements of stacked same-shaped leaves per group (2^20 float32 = 4 MiB an array).
-_CHUNK_ELEMENTS = 1 << 20
+_CHUNK_ELEMENTS = 1 << 14
 
 
 class TensorGroup(NamedTuple):
     """Accumulators of n same-shaped leaves, stacked on a leading axis of size n.
 
-    m: K_m momentum EMAs [n, *S] in the param dtype; rms: EMA of g^2 [n, *S] in the param
-    dtype; factored: (v_row [n, K_f, *S without d0], v_col [n, K_f, *S without d1]) for
-    ndim >= 2, else (v_diag [n, K_f, *S],), float32.
+    moments: [n, K_m + 1, *S] in the param dtype: the K_m momentum EMAs, then the rms
+    (EMA of g^2); factored: (v_row [n, K_f, *S without d0], v_col [n, K_f, *S without
+    d1]) for ndim >= 2, else (v_diag [n, K_f, *S],), float32.
     """
 
-    m: tuple[jax.Array, ...]
-    rms: jax.Array
+    moments: jax.Array
     factored: tuple[jax.Array, ...]
 
 
@@ -89,9 +88,9 @@ def velo_init(meta_params: dict, params: PyTree, num_steps: int | jax.Array, con
     layout = group_layout(params)
     groups = []
     for idx in layout:
-        m, rms, fac = tu.init_accumulators(leaves[idx[0]], config)
+        moments, fac = tu.init_accumulators(leaves[idx[0]], config)
         stack = lambda x: jnp.zeros((len(idx),) + x.shape, x.dtype)  # noqa: E731
-        groups.append(TensorGroup(tuple(stack(x) for x in m), stack(rms), tuple(stack(x) for x in fac)))
+        groups.append(TensorGroup(stack(moments), tuple(stack(x) for x in fac)))
     num_tensors = sum(len(idx) for idx in layout)
     num_steps = jnp.asarray(num_steps, jnp.int32)
     buffer_horizon = jnp.int32(10) if config.use_bugged_loss_features else num_steps
@@ -127,21 +126,20 @@ def velo_update(
         return jax.tree.map(jnp.zeros_like, params), state._replace(iteration=state.iteration + 1, loss_buffer=buffer)
     rows = _rows_in_leaf_order(layout)
 
-    token = _pass_tokens(state.iteration, 4)
-    new_groups, inputs, first, shifts, late, stat_mean_sq = [], [], [], [], [], []
+    token = _pass_tokens(state.iteration, 3)
+    new_groups, inputs, means, shifts, stat_mean_sq = [], [], [], [], []
     for idx, group in zip(layout, state.groups):
         p = _stack([all_p[i] for i in idx])
         g = _stack([tu.clip_grad(all_g[i]) for i in idx])
         # Accumulators first: every later pass reads the new ones, so they update in place.
-        m, rms = jax.vmap(tu.update_moments, in_axes=(0, 0, 0, None))(g, group.m, group.rms, config)
+        moments = jax.vmap(tu.update_moments, in_axes=(0, 0, None))(g, group.moments, config)
         fac, msq = jax.vmap(tu.update_factored, in_axes=(0, 0, None))(_scaled(g, token[0]), group.factored, config)
-        new_groups.append(TensorGroup(m, rms, fac))
+        new_groups.append(TensorGroup(moments, fac))
         inputs.append((p, g))
-        f, s = jax.vmap(tu.first_pass)(*_scaled((p, g, m, rms), token[1]))
-        late.append(jax.vmap(tu.factored_pass)(*_scaled((g, m, fac), token[2])))
-        first.append(f), shifts.append(s), stat_mean_sq.append(msq)
-    first, shifts, late, stat_mean_sq = (jnp.concatenate(x)[rows] for x in (first, shifts, late, stat_mean_sq))
-    mean_p2, channel_mean_sq, moment_stats = tu.summarize(first, shifts, late, config)
+        mean, shift = jax.vmap(tu.moment_pass)(*_scaled((p, g, moments, fac), token[1]))
+        means.append(mean), shifts.append(shift), stat_mean_sq.append(msq)
+    means, shifts, stat_mean_sq = (jnp.concatenate(x)[rows] for x in (means, shifts, stat_mean_sq))
+    mean_p2, channel_mean_sq, moment_stats = tu.summarize(means, shifts, config)
 
     fraction_trained = state.iteration.astype(jnp.float32) / state.num_steps.astype(jnp.float32)
     x = velo_features.lstm_features(
@@ -158,7 +156,7 @@ def velo_update(
     mlps = tu.mlp_inputs(weights, channel_mean_sq, stat_mean_sq, config)
 
     updates = [jnp.zeros_like(p) for p in all_p]
-    step = jax.vmap(tu.tensor_step, in_axes=(0,) * 8 + (None,))
+    step = jax.vmap(tu.tensor_step, in_axes=(0,) * 7 + (None,))
     order = np.argsort(rows)  # group-major position -> leaf-order row
     start = 0
     for idx, group, (p, g) in zip(layout, new_groups, inputs):
@@ -166,7 +164,7 @@ def velo_update(
         start += len(idx)
         group_mlp = jax.tree.map(lambda w: w[tensor_rows], mlps)
         u = step(
-            *_scaled((p, g, group.m, group.rms, group.factored), token[3]),
+            *_scaled((p, g, group.moments, group.factored), token[2]),
             group_mlp,
             lr_mult[tensor_rows],
             mean_p2[tensor_rows],
@@ -191,9 +189,10 @@ def leaf_accumulators(state: VeLOState, params: PyTree) -> dict[str, PyTree]:
     leaves, treedef = jax.tree.flatten(params)
     out = {name: [None] * len(leaves) for name in ("mu", "nu", "factored")}
     for idx, group in zip(group_layout(params), state.groups):
+        k = group.moments.shape[1] - 1
         for j, i in enumerate(idx):
-            out["mu"][i] = tuple(x[j] for x in group.m)
-            out["nu"][i] = group.rms[j]
+            out["mu"][i] = tuple(group.moments[j, c] for c in range(k))
+            out["nu"][i] = group.moments[j, k]
             out["factored"][i] = tuple(x[j] for x in group.factored)
     return {name: jax.tree.unflatten(treedef, values) for name, values in out.items()}
 

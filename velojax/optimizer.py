@@ -145,10 +145,10 @@ def _check_state(state: Any, params: Any) -> None:
     if len(layout) != len(state.groups):
         raise ValueError(f"{stale} ({len(state.groups)} tensor groups, the params make {len(layout)}); call tx.init(params) again.")
     for idx, group in zip(layout, state.groups):
-        want = (len(idx),) + tuple(leaves[idx[0]].shape)
-        if tuple(group.rms.shape) != want:
+        want = (len(idx), group.moments.shape[1]) + tuple(leaves[idx[0]].shape)
+        if tuple(group.moments.shape) != want:
             raise ValueError(
-                f"{stale}: the group of param '{names[idx[0]]}' has accumulators of shape {tuple(group.rms.shape)}, "
+                f"{stale}: the group of param '{names[idx[0]]}' has accumulators of shape {tuple(group.moments.shape)}, "
                 f"expected {want}; call tx.init(params) again."
             )
 

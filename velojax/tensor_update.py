@@ -1,17 +1,17 @@
 """The per-tensor half of a VeLO step, for one parameter tensor of shape S.
 
-Layout (ours, not the reference's): momentum is a tuple of K_m arrays [*S], one per
-decay, so no pass slices a strided decay axis; rms is [*S]; the factored second moments
-are (v_row [K_f, *S without d0], v_col [K_f, *S without d1]) for ndim >= 2 and
-(v_diag [K_f, *S],) otherwise.
+Layout (ours, not the reference's): `moments` [K_m + 1, *S] holds the K_m momentum EMAs
+and then the rms (EMA of g^2), so one elementwise kernel updates them all; the factored
+second moments are (v_row [K_f, *S without d0], v_col [K_f, *S without d1]) for
+ndim >= 2 and (v_diag [K_f, *S],) otherwise.
 
-A step is: `update_moments` (new m, rms, in place) and `update_factored`; then two
-reduction passes over the elements, `first_pass` (one variadic reduction for every
-whole-tensor statistic: the input normalisation of the per-element MLP channels, and
-the statistics of the new m and rms that the LSTM reads at the next step) and
-`factored_pass` (the channels that need the new factored moments); then, after the
-LSTM has written the weights, `tensor_step` (the per-parameter MLP). Small per-tensor
-arithmetic on the pass results runs batched over all tensors (`summarize`, `mlp_inputs`).
+A step is: `update_moments` (in place) and `update_factored` (row/column reductions of
+g^2); one reduction pass over the elements, `moment_pass` (a single variadic reduction
+for every whole-tensor statistic: the input normalisation of the per-element MLP
+channels, and the statistics of the new m and rms that the LSTM reads at the next
+step); then, after the LSTM has written the weights, `tensor_step` (the per-parameter
+MLP). Small per-tensor arithmetic on the pass results runs batched over all tensors
+(`summarize`, `mlp_inputs`).
 
 Each MLP input channel x_c is normalised as x_c * rsqrt(1e-5 + mean(x_c^2)). The first
 MLP layer is linear, so that scale is folded into its weights, and the channels that
@@ -50,9 +50,9 @@ def factored_dims(shape: Sequence[int]) -> tuple[int, int] | None:
 
 
 def init_accumulators(p: jax.Array, config: VeLOConfig):
-    """Zero (m, rms) in p's dtype and factored moments in float32, in the module's layout."""
+    """Zero moments [K_m + 1, *S] in p's dtype and factored moments in float32."""
     shape = tuple(p.shape)
-    m = tuple(jnp.zeros(shape, p.dtype) for _ in config.momentum_decays)
+    moments = jnp.zeros((config.num_momentum + 1,) + shape, p.dtype)
     k_f = (config.num_adafactor,)
     dims = factored_dims(shape)
     if dims is None:
@@ -60,7 +60,7 @@ def init_accumulators(p: jax.Array, config: VeLOConfig):
     else:
         d1, d0 = dims
         fac = (jnp.zeros(k_f + tuple(np.delete(shape, d0)), _F32), jnp.zeros(k_f + tuple(np.delete(shape, d1)), _F32))
-    return m, jnp.zeros(shape, p.dtype), fac
+    return moments, fac
 
 
 def clip_grad(g: jax.Array) -> jax.Array:
@@ -91,15 +91,26 @@ def group_rows(config: VeLOConfig) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- accumulators
 
 
-def update_moments(g: jax.Array, m: Sequence[jax.Array], rms: jax.Array, config: VeLOConfig):
-    """New momentum EMAs and rms (EMA of g^2) with the clipped gradient g, in their dtypes."""
-    m_new = []
-    for beta, m_k in zip(config.momentum_decays, m):
-        beta = jnp.float32(beta)
-        m_new.append((beta * m_k.astype(_F32) + (1.0 - beta) * g).astype(m_k.dtype))
-    beta = jnp.float32(config.rms_decays[0])
-    rms_new = beta * rms.astype(_F32) + (1.0 - beta) * jnp.square(g)
-    return tuple(m_new), rms_new.astype(rms.dtype)
+def update_moments(g: jax.Array, moments: jax.Array, config: VeLOConfig) -> jax.Array:
+    """New moments [K_m + 1, *S] with the clipped gradient g: m_k <- b_k m_k + (1 - b_k) g
+    and rms <- b rms + (1 - b) g^2, as one elementwise expression (the zero coefficients
+    add exact zeros: g is finite after clipping)."""
+    decays = np.asarray(config.momentum_decays + config.rms_decays, np.float32)
+    is_rms = np.arange(decays.size) == config.num_momentum
+    shape = (-1,) + (1,) * g.ndim
+    a = jnp.asarray(decays).reshape(shape)
+    b = jnp.asarray(np.where(is_rms, 0, 1 - decays), _F32).reshape(shape)
+    c = jnp.asarray(np.where(is_rms, 1 - decays, 0), _F32).reshape(shape)
+    new = a * moments.astype(_F32) + b * g[None] + c * jnp.square(g)[None]
+    return new.astype(moments.dtype)
+
+
+def _split_moments(moments: jax.Array) -> tuple[list[jax.Array], jax.Array]:
+    """float32 (m list, rms) of a moments array (scalars as (1,))."""
+    moments = moments.astype(_F32)
+    if moments.ndim == 1:
+        moments = moments[:, None]
+    return [moments[k] for k in range(moments.shape[0] - 1)], moments[-1]
 
 
 def update_factored(g: jax.Array, fac: tuple[jax.Array, ...], config: VeLOConfig):
@@ -173,53 +184,49 @@ def _means(xs: list[jax.Array]) -> jax.Array:
     return jnp.sum(jnp.stack(totals), axis=1) / xs[0].size  # one small reduction for all
 
 
-def first_pass(p, g, m, rms) -> tuple[jax.Array, jax.Array]:
-    """One reduction pass over (p, clipped g, *new* m and rms).
+def moment_pass(p, g, moments, fac) -> tuple[jax.Array, jax.Array]:
+    """The one reduction pass over a tensor's elements (p, clipped g, *new* moments and
+    factored moments).
 
-    Returns (means, shifts): means [5 + 3 K_m + 2] of p^2, g^2, clip(g)^2, (m_k r)^2,
-    r^2, (g r)^2 with r = rsqrt(rms + 1e-6), then d_k, d_k^2 for d_k = m_k - shift_k, then
-    e, e^2 for e = rms - shift_rms; shifts [K_m + 1] are the first elements of m_k and rms
-    (shifted sums give variances without cancellation). Decoded by `summarize`.
+    Returns (means, shifts): means [7 + 5 K_m] of p^2, g^2, clip(g)^2, (m_k r)^2, r^2,
+    (g r)^2, fac_g_k^2, fac_m_k^2 with r = rsqrt(rms + 1e-6), then d, d^2 for d = m_k -
+    shift_k and for d = rms - shift_rms; shifts [K_m + 1] are the first elements of m_k and
+    rms (shifted sums give variances without cancellation). Decoded by `summarize`.
     """
-    p32, g, rms = _as_vector(p).astype(_F32), _as_vector(g), _as_vector(rms).astype(_F32)
-    m = [_as_vector(m_k).astype(_F32) for m_k in m]
+    scalar = g.ndim == 0
+    p32, g = _as_vector(p).astype(_F32), _as_vector(g)
+    m, rms = _split_moments(moments)
+    views = _factored_views(tuple(v.reshape(-1, 1) for v in fac) if scalar else fac, g.shape)
     r = jax.lax.rsqrt(rms + 1e-6)
     shifts = jnp.stack([x.reshape(-1)[0] for x in m + [rms]])
     d = [x - c for x, c in zip(m + [rms], shifts)]
     squares = [p32, g, jnp.clip(g, -0.1, 0.1)] + [m_k * r for m_k in m] + [r, g * r]
+    squares += [g * q for q in views.mult_g] + [m_k * q for m_k, q in zip(m, views.mult_m)]
     return _means([jnp.square(x) for x in squares] + [y for x in d for y in (x, jnp.square(x))]), shifts
 
 
-def factored_pass(g, m, new_fac) -> jax.Array:
-    """One reduction pass: the mean squares [2 K] of fac_g and fac_m (new m, new moments)."""
-    scalar = g.ndim == 0
-    g, m = _as_vector(g), [_as_vector(m_k).astype(_F32) for m_k in m]
-    views = _factored_views(tuple(v.reshape(-1, 1) for v in new_fac) if scalar else new_fac, g.shape)
-    late = [g * q for q in views.mult_g] + [m_k * q for m_k, q in zip(m, views.mult_m)]
-    return _means([jnp.square(x) for x in late])
-
-
-def summarize(first: jax.Array, shifts: jax.Array, late: jax.Array, config: VeLOConfig):
-    """Decode the passes of T tensors (first [T, 3 K_m + 7], shifts [T, K_m + 1], late
-    [T, 2 K_m]) into (mean_p2 [T], channel mean squares [T, C_elem] in ELEMENT_GROUPS
-    order, MomentStats of the new accumulators)."""
+def summarize(means: jax.Array, shifts: jax.Array, config: VeLOConfig):
+    """Decode `moment_pass` of T tensors (means [T, 7 + 5 K_m], shifts [T, K_m + 1]) into
+    (mean_p2 [T], channel mean squares [T, C_elem] in ELEMENT_GROUPS order, MomentStats of
+    the new accumulators)."""
     k = config.num_momentum
-    mean_p2, mean_g2, mean_clip2 = first[:, 0], first[:, 1], first[:, 2]
-    m_r2, r2, g_r2 = first[:, 3 : 3 + k], first[:, 3 + k], first[:, 4 + k]
-    shifted = first[:, 5 + k :].reshape(first.shape[0], k + 1, 2)  # (mean d, mean d^2) per m_k, rms
+    mean_p2, mean_g2, mean_clip2 = means[:, 0], means[:, 1], means[:, 2]
+    m_r2, r2, g_r2 = means[:, 3 : 3 + k], means[:, 3 + k], means[:, 4 + k]
+    fac = means[:, 5 + k : 5 + 3 * k]
+    shifted = means[:, 5 + 3 * k :].reshape(means.shape[0], k + 1, 2)  # (mean d, mean d^2) per m_k, rms
     mean_d, mean_d2 = shifted[..., 0], shifted[..., 1]
     mean_x = shifts + mean_d
     mean_x2 = mean_d2 + 2.0 * shifts * mean_d + jnp.square(shifts)  # E[x^2] from the shifted sums
-    mean_m, mean_rms = mean_x[:, :k], mean_x[:, k]
+    mean_m = mean_x[:, :k]
     offset = mean_m - shifts[:, k : k + 1]  # var_rms_k = E[(rms - mean_m_k)^2], from rms's shifted sums
     stats = MomentStats(
         mean_m=mean_m,
         var_m=jnp.maximum(mean_d2[:, :k] - jnp.square(mean_d[:, :k]), 0.0),
-        mean_rms=mean_rms,
+        mean_rms=mean_x[:, k],
         var_rms=jnp.maximum(mean_d2[:, k:] - 2.0 * offset * mean_d[:, k:] + jnp.square(offset), 0.0),
     )
     channels = [mean_g2[:, None], mean_clip2[:, None], mean_p2[:, None], mean_x2[:, :k], mean_x2[:, k:]]
-    channels += [m_r2, r2[:, None], g_r2[:, None], late]
+    channels += [m_r2, r2[:, None], g_r2[:, None], fac]
     return mean_p2, jnp.concatenate(channels, axis=1), stats
 
 
@@ -255,19 +262,19 @@ def mlp_inputs(weights: MLPWeights, channel_mean_sq: jax.Array, stat_mean_sq: ja
     )
 
 
-def tensor_step(p, g, m, rms, new_fac, mlp: TensorMLP, lr_mult, mean_p2, config: VeLOConfig):
+def tensor_step(p, g, moments, new_fac, mlp: TensorMLP, lr_mult, mean_p2, config: VeLOConfig):
     """The per-parameter MLP and the step for one tensor.
 
     Args:
-      p: parameter [*S]; g: clipped float32 gradient; m, rms: the *new* accumulators;
+      p: parameter [*S]; g: clipped float32 gradient; moments: the *new* moments;
       new_fac: the new factored moments; mlp: this tensor's `TensorMLP` (no T axis);
       lr_mult: its step multiplier from the LSTM []; mean_p2: mean(p^2) [].
     Returns:
       the update cast(p - step) - p, in p's dtype.
     """
     shape, scalar = p.shape, p.ndim == 0
-    p, g, rms = _as_vector(p), _as_vector(g), _as_vector(rms).astype(_F32)
-    m = [_as_vector(m_k).astype(_F32) for m_k in m]
+    p, g = _as_vector(p), _as_vector(g)
+    m, rms = _split_moments(moments)
     views = _factored_views(tuple(v.reshape(-1, 1) for v in new_fac) if scalar else new_fac, g.shape)
     p32 = p.astype(_F32)
     r = jax.lax.rsqrt(rms + 1e-6)
