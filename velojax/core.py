@@ -132,11 +132,11 @@ def velo_update(
         p = _stack([all_p[i] for i in idx])
         g = _stack([tu.clip_grad(all_g[i]) for i in idx])
         # Accumulators first: every later pass reads the new ones, so they update in place.
-        moments = jax.vmap(tu.update_moments, in_axes=(0, 0, None))(g, group.moments, config)
-        fac, msq = jax.vmap(tu.update_factored, in_axes=(0, 0, None))(_scaled(g, token[0]), group.factored, config)
+        moments = _group_update_moments(g, group.moments, config)
+        fac, msq = _group_update_factored(_scaled(g, token[0]), group.factored, config)
         new_groups.append(TensorGroup(moments, fac))
         inputs.append((p, g))
-        mean, shift = jax.vmap(tu.moment_pass)(*_scaled((p, g, moments, fac), token[1]))
+        mean, shift = _group_moment_pass(*_scaled((p, g, moments, fac), token[1]))
         means.append(mean), shifts.append(shift), stat_mean_sq.append(msq)
     means, shifts, stat_mean_sq = (jnp.concatenate(x)[rows] for x in (means, shifts, stat_mean_sq))
     mean_p2, channel_mean_sq, moment_stats = tu.summarize(means, shifts, config)
@@ -156,14 +156,13 @@ def velo_update(
     mlps = tu.mlp_inputs(weights, channel_mean_sq, stat_mean_sq, config)
 
     updates = [jnp.zeros_like(p) for p in all_p]
-    step = jax.vmap(tu.tensor_step, in_axes=(0,) * 7 + (None,))
     order = np.argsort(rows)  # group-major position -> leaf-order row
     start = 0
     for idx, group, (p, g) in zip(layout, new_groups, inputs):
         tensor_rows = order[start : start + len(idx)]
         start += len(idx)
         group_mlp = jax.tree.map(lambda w: w[tensor_rows], mlps)
-        u = step(
+        u = _group_tensor_step(
             *_scaled((p, g, group.moments, group.factored), token[2]),
             group_mlp,
             lr_mult[tensor_rows],
@@ -181,6 +180,14 @@ def velo_update(
         moment_stats=moment_stats,
     )
     return jax.tree.unflatten(treedef, updates), new_state
+
+
+# The per-tensor functions, vmapped over a group. Jitted so that groups of the same shape
+# are traced once (XLA inlines them; this only saves tracing time).
+_group_update_moments = jax.jit(jax.vmap(tu.update_moments, in_axes=(0, 0, None)), static_argnums=2)
+_group_update_factored = jax.jit(jax.vmap(tu.update_factored, in_axes=(0, 0, None)), static_argnums=2)
+_group_moment_pass = jax.jit(jax.vmap(tu.moment_pass))
+_group_tensor_step = jax.jit(jax.vmap(tu.tensor_step, in_axes=(0,) * 7 + (None,)), static_argnums=7)
 
 
 def leaf_accumulators(state: VeLOState, params: PyTree) -> dict[str, PyTree]:
