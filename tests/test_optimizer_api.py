@@ -219,3 +219,20 @@ def test_pure_core_agrees_with_the_optax_wrapper(meta):
     # eager vs jit round differently; updates are cast(p - step) - p, so a 1-ulp flip of p shows
     assert_trees_close(u_core, u_tx, 1e-4)
     assert_trees_close(s_core.lstm, s_tx.lstm, 1e-4)
+
+
+def test_state_and_params_can_be_donated(meta):
+    """Every state leaf is its own buffer, so a jitted step can donate params and state."""
+    params = mixed_params()
+    tx = optimizer.velo(10, weights=meta)
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params, value=1.0)
+        return optax.apply_updates(params, updates), state
+
+    donated = jax.jit(step, donate_argnums=(0, 1))
+    expected_params, _ = jax.jit(step)(params, tx.init(params), grads_like(params))
+    new_params, state = donated(jax.tree.map(jnp.copy, params), tx.init(params), grads_like(params))
+    assert_trees_close(new_params, expected_params, 1e-6)
+    new_params, state = donated(new_params, state, grads_like(params, 1))  # buffers are reusable
+    assert int(state.iteration) == 2
