@@ -102,8 +102,10 @@ def main() -> None:
         print(json.dumps(child(*args.child, args.steps, not args.no_donate)))
         return
 
-    print(f"{'tree':>6} {'params':>11} {'tensors':>7} | {'Adam ms':>8} {'VeLO ms':>8} {'ratio':>6} | "
-          f"{'compile s A/V':>13} | {'peak RSS GB A/V':>15} | {'XLA temp MB A/V':>15}")
+    print(
+        f"{'tree':>6} {'params':>11} {'tensors':>7} | {'Adam ms':>8} {'VeLO ms':>8} {'ratio':>6} | "
+        f"{'compile s A/V':>13} | {'peak RSS GB A/V':>15} | {'XLA temp MB A/V':>15}"
+    )
     for tree in args.trees.split(","):
         results = {}
         for opt in ("adam", "velo"):

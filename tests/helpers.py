@@ -17,7 +17,9 @@ def lively_meta_params(config: VeLOConfig = SMALL, seed: int = 0) -> dict:
     step_size bias 0.1."""
     meta = init_meta_params(jax.random.PRNGKey(seed), config)
     rng = np.random.RandomState(seed + 1000)
-    meta = jax.tree.map(lambda x: x if np.any(np.asarray(x)) else jnp.asarray(0.1 * rng.randn(*x.shape), jnp.float32), meta)
+    meta = jax.tree.map(
+        lambda x: x if np.any(np.asarray(x)) else jnp.asarray(0.1 * rng.randn(*x.shape), jnp.float32), meta
+    )
     meta["rnn_params"]["step_size"]["b"] = jnp.full_like(meta["rnn_params"]["step_size"]["b"], 0.1)
     return meta
 

@@ -71,7 +71,9 @@ def test_state_from_another_tree(tx):
     with pytest.raises(ValueError, match="initialised for a different parameter tree"):
         tx.update(grads_like(PARAMS), state, PARAMS, value=1.0)
     state = tx.init({"w": jnp.ones((2, 4)), "b": jnp.zeros(4)})
-    with pytest.raises(ValueError, match=r"group of param 'w' has accumulators of shape \(1, 4, 2, 4\), expected \(1, 4, 3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"group of param 'w' has accumulators of shape \(1, 4, 2, 4\), expected \(1, 4, 3, 4\)"
+    ):
         tx.update(grads_like(PARAMS), state, PARAMS, value=1.0)
     with pytest.raises(TypeError, match="expected the VeLOState"):
         tx.update(grads_like(PARAMS), {"not": "a state"}, PARAMS, value=1.0)

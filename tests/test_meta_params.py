@@ -37,9 +37,13 @@ def test_init_follows_the_reference_distributions():
     assert not np.any(np.asarray(meta["rnn_params"]["step_size"]["b"]))
     # deterministic in the key, different across keys
     again = init_meta_params(jax.random.PRNGKey(0))
-    np.testing.assert_array_equal(np.asarray(again["rnn_params"]["linear"]["w"]), np.asarray(meta["rnn_params"]["linear"]["w"]))
+    np.testing.assert_array_equal(
+        np.asarray(again["rnn_params"]["linear"]["w"]), np.asarray(meta["rnn_params"]["linear"]["w"])
+    )
     other = init_meta_params(jax.random.PRNGKey(1))
-    assert not np.allclose(np.asarray(other["rnn_params"]["linear"]["w"]), np.asarray(meta["rnn_params"]["linear"]["w"]))
+    assert not np.allclose(
+        np.asarray(other["rnn_params"]["linear"]["w"]), np.asarray(meta["rnn_params"]["linear"]["w"])
+    )
 
 
 @pytest.mark.parametrize(

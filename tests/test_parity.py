@@ -81,7 +81,7 @@ def test_replay_matches_reference(oracle_dir, meta, name):
     update = jax.jit(tx.update)
     worst = 0.0
     for t in range(case.num_updates):
-        grads = jax.tree.map(lambda a: jnp.asarray(a[t]), case.grads)
+        grads = jax.tree.map(lambda a, t=t: jnp.asarray(a[t]), case.grads)
         updates, state = update(grads, state, params, value=case.losses[t])
         for (path, u), ref in zip(jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(case.updates)):
             ref = ref[t].astype(np.float64)

@@ -51,8 +51,7 @@ def _find_meta_params(state: Any, path: Path) -> MetaParams:
     if "lstm_init_state" in state and "rnn_params" in state:  # a bare meta-parameter tree
         return state
     raise CheckpointError(
-        f"{path}: not a VeLO checkpoint: top-level keys are {sorted(state)}, expected "
-        "'params' (with 'gen_id', 'step')."
+        f"{path}: not a VeLO checkpoint: top-level keys are {sorted(state)}, expected 'params' (with 'gen_id', 'step')."
     )
 
 

@@ -87,7 +87,7 @@ class VeLOConfig:
             )
 
     @classmethod
-    def small(cls, lstm_hidden_size: int = 32, param_inits: int = 8, **overrides) -> "VeLOConfig":
+    def small(cls, lstm_hidden_size: int = 32, param_inits: int = 8, **overrides) -> VeLOConfig:
         """A narrow VeLO for meta-training on a CPU (default 32-wide LSTM, bank of 8)."""
         return cls(lstm_hidden_size=lstm_hidden_size, param_inits=param_inits, **overrides)
 
@@ -119,3 +119,7 @@ class VeLOConfig:
         """Per-tensor LSTM input width (VeLO: 9 + 9 + 1 + 5 + 3 + 3 = 30)."""
         # fraction_left, loss_features, mean_rms, rank, var_m, var_rms (3-wide: reference bug, kept)
         return NUM_TIME_FEATURES + NUM_LOSS_FEATURES + 1 + NUM_RANK_FEATURES + 2 * self.num_momentum
+
+
+VELO = VeLOConfig()
+"""VeLO's own configuration (the default everywhere)."""

@@ -26,7 +26,7 @@ import numpy as np
 from velojax import loss_buffer as loss_buffer_lib
 from velojax import tensor_update as tu
 from velojax import velo_features, velo_network
-from velojax.config import VeLOConfig
+from velojax.config import VELO, VeLOConfig
 
 PyTree = Any
 
@@ -82,15 +82,16 @@ def group_layout(params: PyTree) -> tuple[tuple[int, ...], ...]:
     return tuple(sorted((tuple(run) for runs in chunks.values() for run in runs), key=lambda run: run[0]))
 
 
-def velo_init(meta_params: dict, params: PyTree, num_steps: int | jax.Array, config: VeLOConfig = VeLOConfig()) -> VeLOState:
+def velo_init(meta_params: dict, params: PyTree, num_steps: int | jax.Array, config: VeLOConfig = VELO) -> VeLOState:
     """Fresh state for `params` and a run of `num_steps` updates (may be traced)."""
     leaves = jax.tree.leaves(params)
     layout = group_layout(params)
     groups = []
     for idx in layout:
+        n = len(idx)
         moments, fac = tu.init_accumulators(leaves[idx[0]], config)
-        stack = lambda x: jnp.zeros((len(idx),) + x.shape, x.dtype)  # noqa: E731
-        groups.append(TensorGroup(stack(moments), tuple(stack(x) for x in fac)))
+        moments, fac = jax.tree.map(lambda x, n=n: jnp.zeros((n,) + x.shape, x.dtype), (moments, fac))
+        groups.append(TensorGroup(moments, fac))
     num_tensors = sum(len(idx) for idx in layout)
     num_steps = jnp.asarray(num_steps, jnp.int32)
     buffer_horizon = jnp.int32(10) if config.use_bugged_loss_features else num_steps
@@ -110,7 +111,7 @@ def velo_update(
     grads: PyTree,
     params: PyTree,
     loss: jax.Array | float,
-    config: VeLOConfig = VeLOConfig(),
+    config: VeLOConfig = VELO,
 ) -> tuple[PyTree, VeLOState]:
     """One VeLO step. Returns (updates, new_state); params + updates are the new params.
 
@@ -161,7 +162,7 @@ def velo_update(
     for idx, group, (p, g) in zip(layout, new_groups, inputs):
         tensor_rows = order[start : start + len(idx)]
         start += len(idx)
-        group_mlp = jax.tree.map(lambda w: w[tensor_rows], mlps)
+        group_mlp = jax.tree.map(lambda w, rows=tensor_rows: w[rows], mlps)
         u = _group_tensor_step(
             *_scaled((p, g, group.moments, group.factored), token[2]),
             group_mlp,

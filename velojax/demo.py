@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> None:
             weights, label = hand_designed_meta_params(), "VeLO net, hand-designed weights"
 
     runs = {}
-    for name, tx in ((label, optimizer.velo(args.steps, weights=weights)), (f"Adam lr={args.adam_lr}", optax.adam(args.adam_lr))):
+    for name, tx in (
+        (label, optimizer.velo(args.steps, weights=weights)),
+        (f"Adam lr={args.adam_lr}", optax.adam(args.adam_lr)),
+    ):
         start = time.perf_counter()
         runs[name] = train(tx, args.steps)
         print(f"trained with {name}: {time.perf_counter() - start:.1f} s")

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from velojax.config import MLP_INPUT_GROUPS, VeLOConfig
+from velojax.config import MLP_INPUT_GROUPS, VELO, VeLOConfig
 
 MetaParams = dict[str, Any]
 
@@ -40,7 +40,7 @@ def ff_layer_names(config: VeLOConfig) -> tuple[str, ...]:
     return tuple(f"w{i}" for i in range(1, config.ff_hidden_layers + 1))
 
 
-def meta_param_shapes(config: VeLOConfig = VeLOConfig()) -> MetaParams:
+def meta_param_shapes(config: VeLOConfig = VELO) -> MetaParams:
     """The meta-parameter tree of `config` as `jax.ShapeDtypeStruct` leaves (all float32)."""
     f32 = jnp.float32
     spec = lambda *shape: jax.ShapeDtypeStruct(shape, f32)  # noqa: E731
@@ -62,7 +62,7 @@ def meta_param_shapes(config: VeLOConfig = VeLOConfig()) -> MetaParams:
     }
 
 
-def init_meta_params(key: jax.Array, config: VeLOConfig = VeLOConfig()) -> MetaParams:
+def init_meta_params(key: jax.Array, config: VeLOConfig = VELO) -> MetaParams:
     """Fresh meta-parameters drawn as the reference initialises them (for meta-training).
 
     Every weight matrix is TruncatedNormal(0, 1/sqrt(fan_in)) cut at +-2 sigma (haiku's
@@ -106,7 +106,7 @@ def _flat(tree) -> dict[str, Any]:
     return {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def check_meta_params(meta_params: Any, config: VeLOConfig = VeLOConfig()) -> None:
+def check_meta_params(meta_params: Any, config: VeLOConfig = VELO) -> None:
     """Raise ValueError, naming every offending leaf, unless `meta_params` fits `config`."""
     if not isinstance(meta_params, dict):
         raise ValueError(f"meta-parameters must be a nested dict, got {type(meta_params).__name__}.")
@@ -161,7 +161,7 @@ def num_meta_params(meta_params: MetaParams) -> int:
     return sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(meta_params))
 
 
-def hand_designed_meta_params(config: VeLOConfig = VeLOConfig(), lr_mult: float = 10.0) -> MetaParams:
+def hand_designed_meta_params(config: VeLOConfig = VELO, lr_mult: float = 10.0) -> MetaParams:
     """Meta-parameters written by hand, not learned: a VeLO network that steps along the
     normalised m * rsqrt(rms) channel of the shortest momentum, scaled per tensor by
     RMS(p) * step_mult * lr_mult (a relative step, like LAMB's). The LSTM is silent.

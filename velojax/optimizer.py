@@ -143,13 +143,15 @@ def _check_state(state: Any, params: Any) -> None:
     layout = group_layout(params)
     stale = "velo: the optimizer state was initialised for a different parameter tree"
     if len(layout) != len(state.groups):
-        raise ValueError(f"{stale} ({len(state.groups)} tensor groups, the params make {len(layout)}); call tx.init(params) again.")
+        raise ValueError(
+            f"{stale} ({len(state.groups)} tensor groups, the params make {len(layout)}); call tx.init(params) again."
+        )
     for idx, group in zip(layout, state.groups):
         want = (len(idx), group.moments.shape[1]) + tuple(leaves[idx[0]].shape)
         if tuple(group.moments.shape) != want:
             raise ValueError(
-                f"{stale}: the group of param '{names[idx[0]]}' has accumulators of shape {tuple(group.moments.shape)}, "
-                f"expected {want}; call tx.init(params) again."
+                f"{stale}: the group of param '{names[idx[0]]}' has accumulators of shape "
+                f"{tuple(group.moments.shape)}, expected {want}; call tx.init(params) again."
             )
 
 
@@ -207,7 +209,9 @@ def velo(
         _check_state(state, params)
         loss = _loss_scalar(value)
         if weight_decay:
-            loss = loss + weight_decay * sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params))
+            loss = loss + weight_decay * sum(
+                jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params)
+            )
             updates = jax.tree.map(lambda g, p: g + weight_decay * p, updates, params)
         return velo_update(meta_params, state, updates, params, loss, config)
 

@@ -12,7 +12,6 @@ Lookup order for `pretrained_weights_path()`:
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import time
 import urllib.error
@@ -93,8 +92,10 @@ def _download(url: str, dest: Path, timeout: float) -> None:
                     raise TimeoutError(f"the download took longer than {_MAX_DOWNLOAD_SECONDS:.0f} s")
         load_weights(tmp)  # refuse to cache an error page or a truncated file
         os.replace(tmp, dest)
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError, CheckpointError) as e:
-        raise PretrainedWeightsUnavailable(_how_to_provide(f"downloading {url} failed ({type(e).__name__}: {e}).")) from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, CheckpointError) as e:
+        raise PretrainedWeightsUnavailable(
+            _how_to_provide(f"downloading {url} failed ({type(e).__name__}: {e}).")
+        ) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 

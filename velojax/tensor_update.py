@@ -21,7 +21,8 @@ tensor is ever formed.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -244,7 +245,9 @@ class TensorMLP(NamedTuple):
     layers: tuple[tuple[jax.Array, jax.Array], ...]
 
 
-def mlp_inputs(weights: MLPWeights, channel_mean_sq: jax.Array, stat_mean_sq: jax.Array, config: VeLOConfig) -> TensorMLP:
+def mlp_inputs(
+    weights: MLPWeights, channel_mean_sq: jax.Array, stat_mean_sq: jax.Array, config: VeLOConfig
+) -> TensorMLP:
     """Fold each channel's normalisation rsqrt(1e-5 + mean x^2) into the mixed first-layer
     weights, for T tensors (weights with a leading T axis; channel_mean_sq [T, C_elem];
     stat_mean_sq [T, 2, 2 K_f] from `update_factored`)."""

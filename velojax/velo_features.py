@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,10 +30,12 @@ class MomentStats(NamedTuple):
     var_rms: jax.Array  # [T, K_m]
 
     @classmethod
-    def zeros(cls, num_tensors: int, num_momentum: int) -> "MomentStats":
+    def zeros(cls, num_tensors: int, num_momentum: int) -> MomentStats:
         """The statistics of all-zero accumulators (distinct buffers, so a state can be donated)."""
         z = lambda *shape: jnp.zeros(shape, jnp.float32)  # noqa: E731
-        return cls(z(num_tensors, num_momentum), z(num_tensors, num_momentum), z(num_tensors), z(num_tensors, num_momentum))
+        return cls(
+            z(num_tensors, num_momentum), z(num_tensors, num_momentum), z(num_tensors), z(num_tensors, num_momentum)
+        )
 
 
 def clip_log_abs(x: jax.Array) -> jax.Array:

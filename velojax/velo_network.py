@@ -3,7 +3,7 @@ control and step-size heads, and the hypernetwork that mixes the MLP weight bank
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,11 +81,3 @@ def mix_mlp_weights(ff_params: dict, controls: jax.Array, config: VeLOConfig) ->
     scale = 100.0 / config.param_inits
     mixed = [jnp.tensordot(controls, leaf, axes=1) * scale for leaf in leaves]
     return MLPWeights(w0=mixed[0], b0=mixed[1], layers=tuple(zip(mixed[2::2], mixed[3::2])))
-
-
-def select(weights: MLPWeights, index: int) -> MLPWeights:
-    """The weights of tensor `index` from weights mixed for T tensors."""
-    return jax.tree.map(lambda x: x[index], weights)
-
-
-Tree = Any
