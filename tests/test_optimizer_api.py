@@ -236,3 +236,32 @@ def test_state_and_params_can_be_donated(meta):
     assert_trees_close(new_params, expected_params, 1e-6)
     new_params, state = donated(new_params, state, grads_like(params, 1))  # buffers are reusable
     assert int(state.iteration) == 2
+
+
+def test_grouping_same_shaped_leaves_changes_nothing(meta, monkeypatch):
+    """Same-shaped small leaves run stacked; the result equals running each alone (LSTM
+    rows, MLP weights and statistics stay with their leaf)."""
+    from velojax import core
+
+    keys = iter(jax.random.split(jax.random.PRNGKey(3), 8))
+    params = {  # interleaved shapes, so groups are not contiguous in leaf order
+        "a": jax.random.normal(next(keys), (4, 6)),
+        "b": jax.random.normal(next(keys), (6,)),
+        "c": jax.random.normal(next(keys), (4, 6)) * 3.0,
+        "d": jax.random.normal(next(keys), (6,)) * 0.1,
+        "e": jax.random.normal(next(keys), (4, 6)) * 0.3,
+    }
+    assert core.group_layout(params) == ((0, 2, 4), (1, 3))
+
+    def two_steps():
+        tx = optimizer.velo(10, weights=meta)
+        updates, state, _ = run(tx, params, steps=2)
+        return updates[-1], state
+
+    grouped, grouped_state = two_steps()
+    monkeypatch.setattr(core, "_CHUNK_ELEMENTS", 0)
+    assert core.group_layout(params) == ((0,), (1,), (2,), (3,), (4,))
+    alone, alone_state = two_steps()
+    assert_trees_close(grouped, alone, 1e-5)
+    assert_trees_close(grouped_state.lstm, alone_state.lstm, 1e-5)
+    assert_trees_close(grouped_state.moment_stats, alone_state.moment_stats, 1e-5)

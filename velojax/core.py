@@ -8,11 +8,12 @@ meta-parameters and `jax.jit` it once:
     updates, state = velo_update(meta_params, state, grads, params, loss)
     params = optax.apply_updates(params, updates)
 
-Same-shaped tensors are processed together: the accumulators of up to
-`_CHUNK_ELEMENTS` elements' worth of same-shaped, same-dtype leaves are stored stacked
-(a `TensorGroup`) and updated by one vmapped computation, so the compiled program grows
-with the number of distinct shapes rather than of leaves. Large leaves form groups of
-their own (stacking their params and gradients would cost a copy per step).
+Small tensors of the same shape and dtype are processed together: their accumulators
+are stored stacked (a `TensorGroup` of at most `_CHUNK_ELEMENTS` elements) and updated by
+one vmapped computation, so the compiled program grows with the number of distinct small
+shapes rather than of leaves. Larger tensors form groups of their own: stacking their
+params and gradients would copy them every step (measured: +30-40% step time on a
+transformer-like tree, for 40% less compile time).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from velojax.config import VELO, VeLOConfig
 
 PyTree = Any
 
-# Most elements of stacked same-shaped leaves per group (2^20 float32 = 4 MiB an array).
+# Most elements per group of stacked same-shaped leaves; larger leaves are alone.
 _CHUNK_ELEMENTS = 1 << 14
 
 
@@ -125,7 +126,9 @@ def velo_update(
     buffer = loss_buffer_lib.update(state.loss_buffer, loss)
     if not layout:
         return jax.tree.map(jnp.zeros_like, params), state._replace(iteration=state.iteration + 1, loss_buffer=buffer)
-    rows = _rows_in_leaf_order(layout)
+    active = sorted(i for idx in layout for i in idx)  # non-empty leaves; one LSTM row each
+    to_leaf_order = np.argsort(np.concatenate(layout))  # group-major rows -> leaf order
+    leaf_row = np.argsort(to_leaf_order)  # group-major position -> row in leaf order
 
     token = _pass_tokens(state.iteration, 3)
     new_groups, inputs, means, shifts, stat_mean_sq = [], [], [], [], []
@@ -139,14 +142,14 @@ def velo_update(
         inputs.append((p, g))
         mean, shift = _group_moment_pass(*_scaled((p, g, moments, fac), token[1]))
         means.append(mean), shifts.append(shift), stat_mean_sq.append(msq)
-    means, shifts, stat_mean_sq = (jnp.concatenate(x)[rows] for x in (means, shifts, stat_mean_sq))
+    means, shifts, stat_mean_sq = (jnp.concatenate(x)[to_leaf_order] for x in (means, shifts, stat_mean_sq))
     mean_p2, channel_mean_sq, moment_stats = tu.summarize(means, shifts, config)
 
     fraction_trained = state.iteration.astype(jnp.float32) / state.num_steps.astype(jnp.float32)
     x = velo_features.lstm_features(
         state.moment_stats,
         mean_p2,
-        velo_features.rank_one_hot([all_p[i].shape for i in sorted(i for idx in layout for i in idx)]),
+        velo_features.rank_one_hot([all_p[i].shape for i in active]),
         fraction_trained,
         loss_buffer_lib.features(buffer),
     )
@@ -157,10 +160,9 @@ def velo_update(
     mlps = tu.mlp_inputs(weights, channel_mean_sq, stat_mean_sq, config)
 
     updates = [jnp.zeros_like(p) for p in all_p]
-    order = np.argsort(rows)  # group-major position -> leaf-order row
     start = 0
     for idx, group, (p, g) in zip(layout, new_groups, inputs):
-        tensor_rows = order[start : start + len(idx)]
+        tensor_rows = leaf_row[start : start + len(idx)]
         start += len(idx)
         group_mlp = jax.tree.map(lambda w, rows=tensor_rows: w[rows], mlps)
         u = _group_tensor_step(
@@ -203,11 +205,6 @@ def leaf_accumulators(state: VeLOState, params: PyTree) -> dict[str, PyTree]:
             out["nu"][i] = group.moments[j, k]
             out["factored"][i] = tuple(x[j] for x in group.factored)
     return {name: jax.tree.unflatten(treedef, values) for name, values in out.items()}
-
-
-def _rows_in_leaf_order(layout: tuple[tuple[int, ...], ...]) -> np.ndarray:
-    """For rows concatenated group by group, the permutation that puts them in leaf order."""
-    return np.argsort(np.concatenate(layout))
 
 
 def _stack(xs: list[jax.Array]) -> jax.Array:
