@@ -1,1 +1,70 @@
-raise SystemExit("python -m tasks: the task-family generator is not built yet (see the project issues).")
+"""python -m tasks sample --phase 1 -n 20 [--seed S] | python -m tasks list [--params]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+
+
+def _sample(args) -> None:
+    from tasks import cost, phases
+
+    local = None
+    if args.estimate == "local":
+        print("cost model for this machine: calibrating on first use (cached)...", file=sys.stderr, flush=True)
+        local = cost.calibrate()
+    datasets = None
+    if args.offline:
+        datasets = {"image": tuple(args.image_datasets.split(",")), "text": tuple(args.text_datasets.split(","))}
+    print(f"phase {args.phase}, seed {args.seed}; budgets and sampling: {cost.REFERENCE.device}")
+    est = "est ms/step" if local else "ref ms/step"
+    header = f"{'#':>3}  {'budget s':>8}  {est:>11}  {'params':>10}  {'family':<14} {'augmentations':<44} configuration"
+    print(header)
+    print("-" * len(header))
+    for i, key in enumerate(jax.random.split(jax.random.PRNGKey(args.seed), args.n)):
+        t = phases.sample_task(key, args.phase, datasets=datasets)
+        ms = 1e3 * (local or cost.REFERENCE).seconds(t.family)
+        params = "-" if args.no_params else f"{t.family.num_params:,}"
+        base = t.family.base().name if t.augmentations else t.family.name
+        augs = ",".join(t.augmentations) or "-"
+        print(f"{i:>3}  {t.max_time:>8.0e}  {ms:>11.4f}  {params:>10}  {t.base_kind:<14} {augs:<44} {base}")
+
+
+def _list(args) -> None:
+    from tasks import registry
+
+    for name in registry.names():
+        if args.params:
+            family = registry.get(name)
+            print(f"{name:<60} {family.num_params:>14,}")
+        else:
+            print(name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tasks", description="Sample tasks or list the fixed ones.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sample", help="sample tasks from a VeLO meta-training phase")
+    s.add_argument("--phase", type=int, default=1, choices=(1, 2))
+    s.add_argument("-n", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--estimate", choices=("local", "reference"), default="local",
+                   help="ms/step on this machine (calibrated once, cached) or on the reference device")  # fmt: skip
+    s.add_argument(
+        "--no-params", action="store_true", help="skip the parameter counts (they build each model abstractly)"
+    )
+    s.add_argument("--offline", action="store_true", help="draw datasets from --image-datasets/--text-datasets")
+    s.add_argument("--image-datasets", default="fashion_mnist_local,synthetic_shapes")
+    s.add_argument("--text-datasets", default="pystdlib_bytes,pystdlib_words")
+    s.set_defaults(run=_sample)
+    ls = sub.add_parser("list", help="list the fixed-task registry")
+    ls.add_argument("--params", action="store_true", help="with parameter counts (builds each model abstractly)")
+    ls.set_defaults(run=_list)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ one `jax.vmap`.
     cfg = family.sample(key)                                    # pytree of arrays
     params, state = family.init(key, cfg)
     loss, state = family.loss(params, state, key, batch, cfg)   # batch from family.get_batch
-    meta_loss = family.normalizer(loss)
+    meta_loss = family.normalizer(loss, cfg)
 
 `family.task(cfg)` binds the inner configuration and gives the `Task` view with
 `init(key)`, `loss(params, state, key, batch)`, `normalizer(loss)` and batch streams.
@@ -66,8 +66,9 @@ class TaskFamily(abc.ABC):
         """(scalar training loss, new model_state)."""
 
     @abc.abstractmethod
-    def normalizer(self, loss: jax.Array) -> jax.Array:
-        """Map a loss to the common meta-loss scale (reference spec section 5.2)."""
+    def normalizer(self, loss: jax.Array, cfg: PyTree = None) -> jax.Array:
+        """Map a loss to the common meta-loss scale (reference spec section 5.2). Some
+        families' scales depend on the task's inner configuration, hence `cfg`."""
 
     @abc.abstractmethod
     def get_batch(self, rng: np.random.Generator, split: str) -> PyTree:
@@ -86,6 +87,11 @@ class TaskFamily(abc.ABC):
     def step_flops(self) -> float:
         """FLOPs of one training step: forward and backward (~3x forward)."""
         return 3.0 * self.forward_flops()
+
+    def sequential_steps(self) -> int:
+        """Length of the longest sequential loop in a step (an RNN's time steps, an inner
+        unroll); 0 for feed-forward models. A cost-model feature."""
+        return 0
 
     @functools.cached_property
     def num_params(self) -> int:
@@ -124,7 +130,7 @@ class Task:
         return self.family.loss(params, state, key, batch, self.cfg)
 
     def normalizer(self, loss: jax.Array) -> jax.Array:
-        return self.family.normalizer(loss)
+        return self.family.normalizer(loss, self.cfg)
 
     def batches(self, split: str, seed: int = 0) -> Iterator[PyTree]:
         return self.family.batches(split, seed)

@@ -97,8 +97,7 @@ def initialize(
     def orthogonal(k):
         if len(shape) < 2:
             return jax.random.normal(k, shape) * scale / math.sqrt(fan_in)
-        flat = (int(np.prod(shape[:-1])), shape[-1])
-        return jax.nn.initializers.orthogonal()(k, flat, jnp.float32).reshape(shape) * scale
+        return orthogonal_matrix(k, (int(np.prod(shape[:-1])), shape[-1])).reshape(shape) * scale
 
     def uniform(k):
         lim = math.sqrt(3.0 / fan_in)
@@ -113,6 +112,25 @@ def initialize(
 
     branches = [orthogonal, uniform, vs_normal, vs_normal, vs_uniform]
     return jax.lax.switch(jnp.asarray(index, jnp.int32), branches, key).astype(dtype)
+
+
+def orthogonal_matrix(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """A Haar-random matrix with orthonormal columns (or rows, if wider than tall): the Q of
+    a Gaussian matrix's QR with R's diagonal made positive, by Gram-Schmidt with
+    re-orthogonalisation. Pure matmuls: LAPACK's QR (which jnp.linalg.qr calls on CPU) can
+    stall for seconds in OpenBLAS threads on small, busy machines."""
+    rows, cols = shape
+    if rows < cols:
+        return orthogonal_matrix(key, (cols, rows)).T
+    a = jax.random.normal(key, shape, jnp.float32)
+
+    def column(j, q):
+        v = a[:, j]
+        for _ in range(2):  # twice is enough (Kahan-Parlett)
+            v = v - q @ (q.T @ v)
+        return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    return jax.lax.fori_loop(0, cols, column, jnp.zeros(shape, jnp.float32))
 
 
 def sample_initializer(key: jax.Array) -> dict[str, jax.Array]:

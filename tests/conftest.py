@@ -8,6 +8,8 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("VELOJAX_OFFLINE", "1")  # no test may reach the network by accident
+# OpenBLAS (behind LAPACK calls on CPU) spins threads that stall for seconds on a busy 2-core machine.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax
 import pytest

@@ -31,6 +31,7 @@ class ImageMLP(TaskFamily):
     loss_type: str = "ce"
     dropout: float = 0.0
     norm: str | None = None
+    grayscale: bool = False  # average the colour channels first (the reference's "BW" datasets)
 
     def describe(self) -> str:
         parts = [
@@ -42,6 +43,7 @@ class ImageMLP(TaskFamily):
         parts += [f"bs{self.batch_size}"] + ([self.loss_type] if self.loss_type != "ce" else [])
         parts += [f"drop{self.dropout}"] if self.dropout else []
         parts += [f"{self.norm}norm"] if self.norm else []
+        parts += ["bw"] if self.grayscale else []
         return "_".join(parts)
 
     @property
@@ -61,10 +63,17 @@ class ImageMLP(TaskFamily):
         )
 
     def _inputs(self, batch):
-        return common.to_float(batch["image"]).reshape(batch["image"].shape[0], -1)
+        x = common.to_float(batch["image"])
+        if self.grayscale:
+            x = jnp.mean(x, axis=-1, keepdims=True)
+        return x.reshape(x.shape[0], -1)
+
+    def _input_size(self) -> int:
+        h, w, c = common.image_shape(self.dataset, self.image_size)
+        return h * w * (1 if self.grayscale else c)
 
     def init(self, key, cfg):
-        x = jnp.zeros((self.batch_size, int(np.prod(common.image_shape(self.dataset, self.image_size)))), jnp.float32)
+        x = jnp.zeros((self.batch_size, self._input_size()), jnp.float32)
         return common.split_variables(self._model(cfg).init({"params": key, "dropout": key}, x))
 
     def loss(self, params, state, key, batch, cfg):
@@ -78,7 +87,7 @@ class ImageMLP(TaskFamily):
             loss = common.cross_entropy(logits, batch["label"])
         return loss, dict(new_state)
 
-    def normalizer(self, loss):
+    def normalizer(self, loss, cfg=None):
         if self.loss_type == "mse":
             return jnp.clip(jnp.where(jnp.isfinite(loss), loss, 1.0), 0.0, 1.0) * 10.0
         return common.classification_normalizer(self.num_classes)(loss)
@@ -90,8 +99,7 @@ class ImageMLP(TaskFamily):
         return common.image_batch_spec(self.dataset, self.batch_size, self.image_size)
 
     def forward_flops(self) -> float:
-        d = int(np.prod(common.image_shape(self.dataset, self.image_size)))
-        return common.dense_flops((d, *self.hidden_sizes, self.num_classes), self.batch_size)
+        return common.dense_flops((self._input_size(), *self.hidden_sizes, self.num_classes), self.batch_size)
 
 
 def sample_image_mlp(rng: np.random.Generator, datasets: tuple[str, ...] = IMAGE_DATASETS) -> ImageMLP:

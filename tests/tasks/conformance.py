@@ -31,7 +31,7 @@ def check_family(family: TaskFamily, *, lr: float = 3e-3, steps: int = 5, seed: 
     assert family.num_params == sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) > 0
     (loss, _), grads = jax.jit(family.loss_and_grad)(params, state, key, batch, cfg)
     assert loss.shape == () and np.isfinite(float(loss)), loss
-    assert np.isfinite(float(family.normalizer(loss)))
+    assert np.isfinite(float(family.normalizer(loss, cfg)))
     assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in jax.tree.leaves(grads))
     assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads))
     assert family.forward_flops() > 0
