@@ -52,6 +52,21 @@ def image_get_batch(
     return data.load(dataset).sample(rng, split, batch_size, image_size)
 
 
+class ImageFamily:
+    """Batches and class count of an image family: a mixin for TaskFamily subclasses with
+    `dataset`, `batch_size` and `image_size` fields (list it before TaskFamily)."""
+
+    @property
+    def num_classes(self) -> int:
+        return image_info(self.dataset)[1]
+
+    def get_batch(self, rng: np.random.Generator, split: str) -> dict:
+        return image_get_batch(self.dataset, rng, split, self.batch_size, self.image_size)
+
+    def batch_spec(self) -> dict:
+        return image_batch_spec(self.dataset, self.batch_size, self.image_size)
+
+
 def to_float(images: jax.Array) -> jax.Array:
     """uint8 images to [0, 1] float32 (bf16 stays bf16)."""
     if jnp.issubdtype(images.dtype, jnp.floating):

@@ -43,7 +43,7 @@ class ConvNet(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageConv(TaskFamily):
+class ImageConv(common.ImageFamily, TaskFamily):
     """Image -> `widths` convs with `strides` (default: 2 for the first layer, then 1) ->
     spatial mean -> Dense -> softmax CE. `activation=None` and `sampled_init=True` make the
     activation and the conv initialiser per-task random choices (the parametric family)."""
@@ -84,10 +84,6 @@ class ImageConv(TaskFamily):
         parts += [] if self.sampled_init else ["defaultinit"]
         return "_".join(p for p in parts if p)
 
-    @property
-    def num_classes(self) -> int:
-        return common.image_info(self.dataset)[1]
-
     def sample(self, key):
         return sampling.sample_inner(key, with_activation=self.activation is None, with_initializer=self.sampled_init)
 
@@ -115,12 +111,6 @@ class ImageConv(TaskFamily):
 
     def normalizer(self, loss, cfg=None):
         return common.classification_normalizer(self.num_classes)(loss)
-
-    def get_batch(self, rng, split):
-        return common.image_get_batch(self.dataset, rng, split, self.batch_size, self.image_size)
-
-    def batch_spec(self):
-        return common.image_batch_spec(self.dataset, self.batch_size, self.image_size)
 
     def forward_flops(self) -> float:
         h, w, c = common.image_shape(self.dataset, self.image_size)

@@ -17,7 +17,7 @@ IMAGE_DATASETS = ("cifar100", "cifar10", "fashion_mnist", "imagenet16", "mnist")
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageMLP(TaskFamily):
+class ImageMLP(common.ImageFamily, TaskFamily):
     """Flattened image -> MLP -> logits. `activation=None` and `sampled_init=True` make the
     activation and initialiser per-task random choices (the parametric family); the fixed
     tasks name them. `loss_type="mse"` regresses one-hot targets."""
@@ -45,10 +45,6 @@ class ImageMLP(TaskFamily):
         parts += [f"{self.norm}norm"] if self.norm else []
         parts += ["bw"] if self.grayscale else []
         return "_".join(parts)
-
-    @property
-    def num_classes(self) -> int:
-        return common.image_info(self.dataset)[1]
 
     def sample(self, key):
         return sampling.sample_inner(key, with_activation=self.activation is None, with_initializer=self.sampled_init)
@@ -91,12 +87,6 @@ class ImageMLP(TaskFamily):
         if self.loss_type == "mse":
             return jnp.clip(jnp.where(jnp.isfinite(loss), loss, 1.0), 0.0, 1.0) * 10.0
         return common.classification_normalizer(self.num_classes)(loss)
-
-    def get_batch(self, rng, split):
-        return common.image_get_batch(self.dataset, rng, split, self.batch_size, self.image_size)
-
-    def batch_spec(self):
-        return common.image_batch_spec(self.dataset, self.batch_size, self.image_size)
 
     def forward_flops(self) -> float:
         return common.dense_flops((self._input_size(), *self.hidden_sizes, self.num_classes), self.batch_size)

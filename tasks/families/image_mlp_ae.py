@@ -31,7 +31,7 @@ def _sample_switches(key: jax.Array, names: tuple[str, ...]) -> dict[str, jax.Ar
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageMLPAE(TaskFamily):
+class ImageMLPAE(common.ImageFamily, TaskFamily):
     """Flattened image x -> MLP(hidden_sizes + (D,)) -> reconstruction of x.
 
     Per-task switches (None: a random boolean per task, in cfg; a bool: fixed for the family):
@@ -131,12 +131,6 @@ class ImageMLPAE(TaskFamily):
         out = _select(log_loss, lambda: loss, lambda: jnp.log(jnp.maximum(loss, 0.0) + 1e-8))
         out = jnp.where(jnp.isfinite(out), out, 1.0)
         return jnp.clip(out, -12.0, 1.0) * 0.5 + 10.0
-
-    def get_batch(self, rng, split):
-        return common.image_get_batch(self.dataset, rng, split, self.batch_size, self.image_size)
-
-    def batch_spec(self):
-        return common.image_batch_spec(self.dataset, self.batch_size, self.image_size)
 
     def forward_flops(self) -> float:
         return common.dense_flops((self.input_dim, *self.hidden_sizes, self.input_dim), self.batch_size)

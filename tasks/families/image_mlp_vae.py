@@ -64,7 +64,7 @@ class VAE(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageMLPVAE(TaskFamily):
+class ImageMLPVAE(common.ImageFamily, TaskFamily):
     """A VAE on flattened images (see `VAE`); loss = batch mean of -ELBO in nats, with one
     z sample drawn from the loss `key`, the prior N(0, 1) and a quantised-normal likelihood.
 
@@ -154,12 +154,6 @@ class ImageMLPVAE(TaskFamily):
         out = _select(per_dim, lambda: loss, lambda: loss / float(self.input_dim))
         out = jnp.where(jnp.isfinite(out), out, 10.0)
         return jnp.clip(out, 0.0, 10.0)
-
-    def get_batch(self, rng, split):
-        return common.image_get_batch(self.dataset, rng, split, self.batch_size, self.image_size)
-
-    def batch_spec(self):
-        return common.image_batch_spec(self.dataset, self.batch_size, self.image_size)
 
     def forward_flops(self) -> float:
         d, b = self.input_dim, self.batch_size

@@ -78,7 +78,7 @@ def _compiled_init(family, key, cfg):
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPMixer(TaskFamily):
+class MLPMixer(common.ImageFamily, TaskFamily):
     """Patch stem (SAME conv, stride = patch) -> Mixer blocks (token-mixing and
     channel-mixing GELU MLPs, each after a LayerNorm, with residuals) -> LayerNorm -> mean
     over tokens -> logits; softmax CE. No dropout, nothing sampled per task.
@@ -106,10 +106,6 @@ class MLPMixer(TaskFamily):
         ]
         parts += [] if self.zero_head else ["randhead"]
         return "_".join(parts)
-
-    @property
-    def num_classes(self) -> int:
-        return common.image_info(self.dataset)[1]
 
     @property
     def num_tokens(self) -> int:
@@ -143,12 +139,6 @@ class MLPMixer(TaskFamily):
 
     def normalizer(self, loss, cfg=None):
         return common.scaled_ce_normalizer(self.num_classes)(loss)
-
-    def get_batch(self, rng, split):
-        return common.image_get_batch(self.dataset, rng, split, self.batch_size, self.image_size)
-
-    def batch_spec(self):
-        return common.image_batch_spec(self.dataset, self.batch_size, self.image_size)
 
     def forward_flops(self) -> float:
         """Stem, token- and channel-mixing MLPs, head (2 * MACs)."""

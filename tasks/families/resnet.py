@@ -150,7 +150,7 @@ def _compiled_init(family, key, cfg):
 
 
 @dataclasses.dataclass(frozen=True)
-class ResNet(TaskFamily):
+class ResNet(common.ImageFamily, TaskFamily):
     """Bottleneck ResNet (4 groups with strides 1, 2, 2, 2; projection shortcut in each
     group's first block; inner convs channels//4) with BatchNorm(decay 0.9, eps 1e-5) whose
     running statistics are the model state; spatial mean; linear logits; softmax CE.
@@ -194,10 +194,6 @@ class ResNet(TaskFamily):
         parts += [] if self.zero_head else ["randhead"]
         return "_".join(parts)
 
-    @property
-    def num_classes(self) -> int:
-        return common.image_info(self.dataset)[1]
-
     def sample(self, key):
         return sampling.sample_inner(key, with_activation=self.activation is None, with_initializer=False)
 
@@ -231,12 +227,6 @@ class ResNet(TaskFamily):
 
     def normalizer(self, loss, cfg=None):
         return common.scaled_ce_normalizer(self.num_classes)(loss)
-
-    def get_batch(self, rng, split):
-        return common.image_get_batch(self.dataset, rng, split, self.batch_size, self.image_size)
-
-    def batch_spec(self):
-        return common.image_batch_spec(self.dataset, self.batch_size, self.image_size)
 
     def forward_flops(self) -> float:
         """Convolutions and the logits layer (2 * MACs); BatchNorm and pooling are ignored."""

@@ -58,6 +58,25 @@ def text_batch_spec(batch_size: int, seq_len: int) -> dict:
     return {"tokens": spec((batch_size, seq_len + 1), np.int32)}
 
 
+class LanguageModelFamily:
+    """Loss, normalizer and batches of a language-model family: a mixin for TaskFamily
+    subclasses with `dataset`, `batch_size`, `seq_len`, `vocab` and a `logits(params,
+    inputs, cfg, key)` method (list it before TaskFamily)."""
+
+    def loss(self, params, state, key, batch, cfg):
+        inputs, targets = inputs_and_targets(batch["tokens"], self.vocab)
+        return masked_lm_loss(self.logits(params, inputs, cfg, key), targets), state
+
+    def normalizer(self, loss, cfg=None):
+        return common.classification_normalizer(self.vocab)(loss)
+
+    def get_batch(self, rng, split):
+        return text_get_batch(self.dataset, rng, split, self.batch_size, self.seq_len)
+
+    def batch_spec(self):
+        return text_batch_spec(self.batch_size, self.seq_len)
+
+
 def truncated_normal(stddev: float) -> Callable:
     """haiku's TruncatedNormal(stddev): normal cut at +-2 stddev (hk.Embed's default, stddev 1)."""
 
@@ -187,7 +206,7 @@ class RNNLanguageModel(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class RNNLM(TaskFamily):
+class RNNLM(LanguageModelFamily, TaskFamily):
     """Teacher-forced one-layer RNN language model. `core` is "lstm", "gru", "vanilla"
     (haiku's VanillaRNN, which is ReLU), "irnn" (ReLU, identity recurrent init) or "tanh"
     (an Elman tanh RNN; not in the reference). `vocab_size=None` uses the dataset's
@@ -243,19 +262,6 @@ class RNNLM(TaskFamily):
         """Logits [B, T, vocab] for input ids [B, T] (already folded into the vocabulary)."""
         del key  # deterministic model
         return self._model(cfg).apply({"params": params}, inputs)
-
-    def loss(self, params, state, key, batch, cfg):
-        inputs, targets = inputs_and_targets(batch["tokens"], self.vocab)
-        return masked_lm_loss(self.logits(params, inputs, cfg, key), targets), state
-
-    def normalizer(self, loss, cfg=None):
-        return common.classification_normalizer(self.vocab)(loss)
-
-    def get_batch(self, rng, split):
-        return text_get_batch(self.dataset, rng, split, self.batch_size, self.seq_len)
-
-    def batch_spec(self):
-        return text_batch_spec(self.batch_size, self.seq_len)
 
     def sequential_steps(self) -> int:
         return self.seq_len

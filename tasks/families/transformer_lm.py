@@ -18,11 +18,8 @@ from tasks.base import TaskFamily
 from tasks.families import common
 from tasks.families.rnn_lm import (
     TEXT_DATASETS,
-    inputs_and_targets,
+    LanguageModelFamily,
     jitted_init,
-    masked_lm_loss,
-    text_batch_spec,
-    text_get_batch,
     truncated_normal,
     variance_scaling,
 )
@@ -89,7 +86,7 @@ class TransformerLanguageModel(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerLM(TaskFamily):
+class TransformerLM(LanguageModelFamily, TaskFamily):
     """Decoder-only transformer language model with `num_heads` heads of `key_size` each
     (fixed at 32 by the reference) and residual width `d_model`. `vocab_size=None` uses the
     dataset's vocabulary; a smaller one folds larger ids in. Dropout is active in `loss`
@@ -139,19 +136,6 @@ class TransformerLM(TaskFamily):
         del cfg
         train = key is not None and self.dropout > 0
         return self._model().apply({"params": params}, inputs, train=train, rngs={"dropout": key} if train else {})
-
-    def loss(self, params, state, key, batch, cfg):
-        inputs, targets = inputs_and_targets(batch["tokens"], self.vocab)
-        return masked_lm_loss(self.logits(params, inputs, cfg, key), targets), state
-
-    def normalizer(self, loss, cfg=None):
-        return common.classification_normalizer(self.vocab)(loss)
-
-    def get_batch(self, rng, split):
-        return text_get_batch(self.dataset, rng, split, self.batch_size, self.seq_len)
-
-    def batch_spec(self):
-        return text_batch_spec(self.batch_size, self.seq_len)
 
     def forward_flops(self) -> float:
         d, width, t = self.d_model, self.num_heads * self.key_size, self.seq_len

@@ -90,7 +90,7 @@ def _compiled_init(family, key, cfg):
 
 
 @dataclasses.dataclass(frozen=True)
-class ViT(TaskFamily):
+class ViT(common.ImageFamily, TaskFamily):
     """Patch embedding (VALID conv) -> class token + learned position embeddings -> pre-LN
     transformer blocks (MHA; GELU MLP) -> LayerNorm -> logits from the class token; softmax
     CE. Dropout and attention dropout are active in the training loss (rng: `key`).
@@ -129,10 +129,6 @@ class ViT(TaskFamily):
         return "_".join(parts)
 
     @property
-    def num_classes(self) -> int:
-        return common.image_info(self.dataset)[1]
-
-    @property
     def patch(self) -> tuple[int, int]:
         """The patch used: patch_size clamped to the image's height and width."""
         h, w, _ = common.image_shape(self.dataset, self.image_size)
@@ -168,12 +164,6 @@ class ViT(TaskFamily):
 
     def normalizer(self, loss, cfg=None):
         return common.scaled_ce_normalizer(self.num_classes)(loss)
-
-    def get_batch(self, rng, split):
-        return common.image_get_batch(self.dataset, rng, split, self.batch_size, self.image_size)
-
-    def batch_spec(self):
-        return common.image_batch_spec(self.dataset, self.batch_size, self.image_size)
 
     def forward_flops(self) -> float:
         """Patch embedding, attention projections and products, MLPs, head (2 * MACs)."""

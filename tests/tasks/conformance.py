@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tasks import data
 from tasks.base import TaskFamily, train_scan
+from tests.conftest import REPO
+
+# The reference's task lists (tests may read ../shared; the package never does).
+VELODROME = REPO.parent / "shared" / "velodrome" / "speedup_over_multiple_baselines.json"
+
+
+def reference_names(prefix: str) -> set[str] | None:
+    """Names in the reference's 125-task list that start with `prefix` (None if absent)."""
+    if not VELODROME.is_file():
+        return None
+    return {n for n in json.loads(VELODROME.read_text()) if n.startswith(prefix)}
+
+
+@contextlib.contextmanager
+def mock_real_datasets(num_examples: int = 20):
+    """Real (tfds) datasets replaced by tfds's random mock examples; `data.load`'s
+    per-process cache is cleared before and after, so no mock data leaks into other tests."""
+    import tensorflow_datasets as tfds
+
+    data.load.cache_clear()
+    try:
+        with tfds.testing.mock_data(num_examples=num_examples):
+            yield
+    finally:
+        data.load.cache_clear()
 
 
 def check_family(family: TaskFamily, *, lr: float = 3e-3, steps: int = 5, seed: int = 0) -> dict:
@@ -26,24 +55,21 @@ def check_family(family: TaskFamily, *, lr: float = 3e-3, steps: int = 5, seed: 
         other = family.get_batch(rng, split)
         assert jax.tree.structure(other) == jax.tree.structure(spec)
 
-    cfg = family.sample(key)
-    params, state = family.init(key, cfg)
-    assert family.num_params == sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) > 0
-    (loss, _), grads = jax.jit(family.loss_and_grad)(params, state, key, batch, cfg)
-    assert loss.shape == () and np.isfinite(float(loss)), loss
-    assert np.isfinite(float(family.normalizer(loss, cfg)))
-    assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in jax.tree.leaves(grads))
-    assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads))
-    assert family.forward_flops() > 0
-
+    # Two tasks under one vmap (one compile for both the single-task and the vmap checks).
     keys = jax.random.split(key, 2)
     cfgs = jax.vmap(family.sample)(keys)
     ps, ss = jax.vmap(family.init)(keys, cfgs)
-    losses, _ = jax.jit(jax.vmap(family.loss, in_axes=(0, 0, 0, None, 0)))(ps, ss, keys, batch, cfgs)
-    assert losses.shape == (2,) and np.all(np.isfinite(np.asarray(losses)))
+    assert family.num_params == sum(int(np.prod(p.shape[1:])) for p in jax.tree.leaves(ps)) > 0
+    (losses, _), grads = jax.jit(jax.vmap(family.loss_and_grad, in_axes=(0, 0, 0, None, 0)))(ps, ss, keys, batch, cfgs)
+    assert losses.shape == (2,) and np.all(np.isfinite(np.asarray(losses))), losses
     assert float(losses[0]) != float(losses[1])  # two different tasks
+    assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in jax.tree.leaves(grads))
+    assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads))
+    assert np.isfinite(float(family.normalizer(losses[0], jax.tree.map(lambda x: x[0], cfgs))))
+    assert family.forward_flops() > 0
 
     batches = jax.tree.map(lambda x: np.stack([x] * (steps + 1)), batch)
+    cfg = family.sample(key)
     params, losses = jax.jit(lambda b: train_scan(family, optax.adam(lr), key, b, cfg, with_loss_value=False))(batches)
     losses = np.asarray(losses)
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses

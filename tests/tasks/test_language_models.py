@@ -1,21 +1,16 @@
 import dataclasses
-import json
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
-from tasks import data
 from tasks.families import rnn_lm, transformer_lm
 from tasks.families.rnn_lm import RNNLM, fold_vocab, sample_rnn_lm
 from tasks.families.transformer_lm import TransformerLM, sample_transformer_lm
-from tests.conftest import REPO
-from tests.tasks.conformance import check_family
+from tests.tasks.conformance import check_family, mock_real_datasets, reference_names
 
-VELODROME = REPO.parent / "shared" / "velodrome" / "speedup_over_multiple_baselines.json"
 FIXED = {**rnn_lm.FIXED, **transformer_lm.FIXED}
 
 
@@ -53,12 +48,8 @@ def test_language_model_contract(family):
 def test_fixed_representative_on_mock_lm1b(name):
     family = FIXED[name]()
     family = dataclasses.replace(family, batch_size=4, seq_len=min(family.seq_len, 16))  # mock splits are short
-    data.load.cache_clear()  # the loader caches per process: keep mock data out of other tests
-    try:
-        with tfds.testing.mock_data(num_examples=20):
-            check_family(family, lr=1e-2)
-    finally:
-        data.load.cache_clear()
+    with mock_real_datasets():
+        check_family(family, lr=1e-2)
 
 
 @pytest.mark.parametrize(
@@ -172,9 +163,9 @@ def test_samplers_are_reproducible_and_in_range():
 
 def test_fixed_names():
     assert len(rnn_lm.FIXED) == 14 and len(transformer_lm.FIXED) == 16
-    if VELODROME.is_file():
-        names = json.loads(VELODROME.read_text())
-        assert set(FIXED) == {n for n in names if n.startswith(("RNNLM_", "TransformerLM_"))}
+    names = reference_names("RNNLM_")
+    if names is not None:
+        assert set(FIXED) == names | reference_names("TransformerLM_")
     lstm = FIXED["RNNLM_lm1bbytes_Patch32_LSTM128_Embed64"]()
     assert (lstm.dataset, lstm.core, lstm.rnn_size, lstm.embed_size) == ("lm1b_bytes", "lstm", 128, 64)
     assert (lstm.batch_size, lstm.seq_len, lstm.vocab, lstm.sampled_init) == (128, 32, 257, False)

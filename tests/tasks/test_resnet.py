@@ -1,39 +1,21 @@
-import contextlib
 import dataclasses
-import json
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tasks import data
 from tasks.families import common, resnet
 from tasks.families.image_mlp import IMAGE_DATASETS
 from tasks.families.resnet import ResNet, sample_resnet
-from tests.tasks.conformance import check_family
+from tests.tasks.conformance import check_family, mock_real_datasets, reference_names
 
 # zero_head=False: with the reference's zero logits every task starts at loss log C, which
 # the contract's "two tasks differ" check cannot tell apart (tested separately below).
 TINY = ResNet("synthetic_shapes", (1, 1, 1, 1), (8, 8, 16, 16), batch_size=4, image_size=8,
               initial_conv_channels=8, zero_head=False)  # fmt: skip
 NAMES = {f"Resnet_MultiRuntime_{i}" for i in range(11)}
-VELODROME = pathlib.Path("/work/shared/velodrome/speedup_over_multiple_baselines.json")
-
-
-@contextlib.contextmanager
-def mock_real_datasets():
-    """Real (tfds) datasets replaced by tfds's random mock examples, with `data.load`'s
-    per-process cache cleared before and after so no mock data leaks out."""
-    tfds = pytest.importorskip("tensorflow_datasets")
-    data.load.cache_clear()
-    try:
-        with tfds.testing.mock_data(num_examples=20):
-            yield
-    finally:
-        data.load.cache_clear()
 
 
 def test_contract_parametric_v1():
@@ -93,8 +75,8 @@ def test_draw_kernels_distribution():
 
 def test_fixed_names():
     assert set(resnet.FIXED) == NAMES
-    if VELODROME.exists():
-        assert {n for n in json.loads(VELODROME.read_text()) if n.startswith("Resnet_")} == NAMES
+    if reference_names("Resnet_") is not None:
+        assert reference_names("Resnet_") == NAMES
 
 
 @pytest.mark.parametrize("name", sorted(NAMES))

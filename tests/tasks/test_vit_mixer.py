@@ -1,19 +1,15 @@
-import contextlib
 import dataclasses
-import json
 import math
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 
-from tasks import data
 from tasks.families import mlp_mixer, vit
 from tasks.families.image_mlp import IMAGE_DATASETS
 from tasks.families.mlp_mixer import MLPMixer, sample_mlp_mixer
 from tasks.families.vit import ViT, sample_vit
-from tests.tasks.conformance import check_family
+from tests.tasks.conformance import check_family, mock_real_datasets, reference_names
 
 # zero_head=False: with the reference's zero logits every task starts at loss log C, which
 # the contract's "two tasks differ" check cannot tell apart (tested separately below).
@@ -22,20 +18,6 @@ TINY_MIXER = MLPMixer("synthetic_shapes", 16, 1, 8, 32, patch_size=4, batch_size
 VIT_NAMES = {f"VIT_{d}_{s}" for d in ("Cifar100", "Food101_64", "ImageNet64") for s in ("skinnydeep", "wideshallow")}
 MIXER_NAMES = {f"MLPMixer_{d}_{s}" for d in ("Cifar100", "Food101_64", "ImageNet64") for s in ("small16", "tiny16")}
 MIXER_NAMES |= {f"MLPMixer_{d}_bs256_tiny16" for d in ("Cifar100", "Food101_64", "ImageNet64")}
-VELODROME = pathlib.Path("/work/shared/velodrome/speedup_over_multiple_baselines.json")
-
-
-@contextlib.contextmanager
-def mock_real_datasets():
-    """Real (tfds) datasets replaced by tfds's random mock examples, with `data.load`'s
-    per-process cache cleared before and after so no mock data leaks out."""
-    tfds = pytest.importorskip("tensorflow_datasets")
-    data.load.cache_clear()
-    try:
-        with tfds.testing.mock_data(num_examples=20):
-            yield
-    finally:
-        data.load.cache_clear()
 
 
 def test_vit_contract_fixed_config_one_layer_with_dropout_on_mock_cifar100():
@@ -96,10 +78,8 @@ def test_vit_patch_is_clamped_to_the_image():
 
 def test_fixed_names():
     assert set(vit.FIXED) == VIT_NAMES and set(mlp_mixer.FIXED) == MIXER_NAMES
-    if VELODROME.exists():
-        names = set(json.loads(VELODROME.read_text()))
-        assert {n for n in names if n.startswith("VIT_")} == VIT_NAMES
-        assert {n for n in names if n.startswith("MLPMixer_")} == MIXER_NAMES
+    if reference_names("VIT_") is not None:
+        assert reference_names("VIT_") == VIT_NAMES and reference_names("MLPMixer_") == MIXER_NAMES
 
 
 @pytest.mark.parametrize("name", sorted(VIT_NAMES | MIXER_NAMES))
