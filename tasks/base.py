@@ -140,15 +140,27 @@ class Task:
         return self.family.name
 
 
+def with_batch_size(family: TaskFamily, batch_size: int) -> TaskFamily:
+    """`family` with every `batch_size` in it set to `batch_size`, through wrappers
+    (augmentations, learned-optimizer tasks) via their `inner` family."""
+    fields = {f.name for f in dataclasses.fields(family)}
+    changes: dict[str, Any] = {"batch_size": int(batch_size)} if "batch_size" in fields else {}
+    if "inner" in fields:
+        changes["inner"] = with_batch_size(family.inner, batch_size)
+    return dataclasses.replace(family, **changes) if changes else family
+
+
 def spec(shape: tuple[int, ...], dtype) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype))
 
 
 def train_scan(family: TaskFamily, optimizer, key: jax.Array, batches: PyTree, cfg: PyTree | None = None,
-               with_loss_value: bool = True) -> tuple[PyTree, jax.Array]:  # fmt: skip
+               with_loss_value: bool = True) -> tuple[PyTree, PyTree, jax.Array]:  # fmt: skip
     """Train one task of `family` with an optax optimizer over stacked `batches` ([steps, ...])
-    in one `lax.scan` (jit it). Returns (final params, losses [steps]). `value=` is passed to
-    the optimizer when `with_loss_value` (VeLO needs it; plain optax ignores it)."""
+    in one `lax.scan` (jit it). Returns (final params, final model state, losses [steps]).
+    The model state matters for evaluation: BatchNorm statistics, delayed-gradient buffers.
+    `value=` is passed to the optimizer when `with_loss_value` (VeLO needs it; plain optax
+    ignores it)."""
     init_key, loss_key = jax.random.split(key)
     cfg = family.sample(init_key) if cfg is None else cfg
     params, state = family.init(init_key, cfg)
@@ -163,7 +175,7 @@ def train_scan(family: TaskFamily, optimizer, key: jax.Array, batches: PyTree, c
         updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
         return (optax.apply_updates(params, updates), state, opt_state), loss
 
-    (params, _, _), losses = jax.lax.scan(
+    (params, state, _), losses = jax.lax.scan(
         step, (params, state, opt_state), (batches, jax.random.split(loss_key, steps))
     )
-    return params, losses
+    return params, state, losses

@@ -40,9 +40,11 @@ REAL: dict[str, Callable] = {
     ),
     "lm1b_bytes": lambda **kw: tfds_source.load_text("lm1b", "lm1b_bytes", **kw),
     "lm1b_32k": lambda **kw: tfds_source.load_text("lm1b", "lm1b_32k", vocab_size=32768, **kw),
-    "wikipedia_en_bytes": lambda **kw: tfds_source.load_text("wikipedia/20230601.en", "wikipedia_en_bytes", **kw),
+    "wikipedia_en_bytes": lambda **kw: tfds_source.load_text(
+        "wikipedia/20230601.en", "wikipedia_en_bytes", test_split=None, **kw
+    ),
     "wikipedia_en_32k": lambda **kw: tfds_source.load_text(
-        "wikipedia/20230601.en", "wikipedia_en_32k", vocab_size=32768, **kw
+        "wikipedia/20230601.en", "wikipedia_en_32k", vocab_size=32768, test_split=None, **kw
     ),
 }
 OFFLINE: dict[str, Callable] = {

@@ -18,6 +18,9 @@ from tasks.data.base import DatasetUnavailable, ImageDataset, TokenDataset, resi
 from tasks.data.text import WordTokenizer, encode_bytes
 
 _PROBE = ("storage.googleapis.com", 443)
+# Builders that tfds registers only when their module is imported (its lazy registry skips
+# them when TensorFlow is absent).
+_BUILDER_MODULES = {"wikipedia": "tensorflow_datasets.text.wikipedia"}
 
 
 def _network_reachable(timeout: float = 3.0) -> bool:
@@ -30,8 +33,13 @@ def _network_reachable(timeout: float = 3.0) -> bool:
 
 def _source(tfds_name: str, split: str, data_dir: str | None, download: bool):
     """tfds's random-access data source for one split (array_record)."""
+    import importlib
+
     import tensorflow_datasets as tfds
 
+    module = _BUILDER_MODULES.get(tfds_name.split("/")[0])
+    if module is not None:
+        importlib.import_module(module)
     try:
         return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
     except tfds.core.registered.DatasetNotFoundError:
@@ -77,10 +85,12 @@ def load_images(tfds_name: str, name: str, *, image_size: int | None = None, tes
 
 
 def load_text(tfds_name: str, name: str, *, text_key: str = "text", vocab_size: int | None = None,
-              max_bytes: int = 100_000_000, test_split: str = "test", data_dir: str | None = None,
+              max_bytes: int = 100_000_000, test_split: str | None = "test", data_dir: str | None = None,
               download: bool = False) -> TokenDataset:  # fmt: skip
     """A text dataset as a token stream (bytes, or a word vocabulary of `vocab_size` fitted on
-    the training text); at most `max_bytes` of text per split are read."""
+    the training text); at most `max_bytes` of text per split are read. `test_split=None`
+    (a dataset with only a train split, e.g. wikipedia) holds out the last 5% of the train
+    text as the test split."""
 
     def text(split):
         source = _source(tfds_name, split, data_dir, download)
@@ -95,9 +105,13 @@ def load_text(tfds_name: str, name: str, *, text_key: str = "text", vocab_size: 
         return b"\n".join(parts)
 
     train = text("train")
-    n = len(train)
-    parts = {k: train[s] for k, s in split_train(n).items()}
-    parts["test"] = text(test_split)
+    if test_split is None:
+        cut = int(0.95 * len(train))
+        train, test = train[:cut], train[cut:]
+    else:
+        test = text(test_split)
+    parts = {k: train[s] for k, s in split_train(len(train)).items()}
+    parts["test"] = test
     if vocab_size is None:
         return TokenDataset(name, 257, {k: encode_bytes(v) for k, v in parts.items()})
     tok = WordTokenizer.fit(parts["train"], vocab_size)

@@ -4,6 +4,7 @@ per-task (traced) choices of `tasks.sampling`."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -161,3 +162,10 @@ def split_variables(variables: dict) -> tuple[Any, dict]:
 def dense_flops(sizes: Sequence[int], batch: int) -> float:
     """2 * batch * sum(in * out) for a chain of dense layers sizes[0] -> ... -> sizes[-1]."""
     return 2.0 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def compiled_init(family, key, cfg):
+    """`family._init(key, cfg)` compiled once per family configuration: an eager flax init
+    compiles every op (each random initialiser) separately, which takes seconds on a CPU."""
+    return family._init(key, cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +31,34 @@ def _sample_switches(key: jax.Array, names: tuple[str, ...]) -> dict[str, jax.Ar
     return {name: jax.random.bernoulli(k) for name, k in zip(names, keys)}
 
 
+class SwitchedImageMLP(common.ImageFamily):
+    """Shared by the image MLP (V)AEs: flattened inputs, and per-task boolean `switches`
+    (a field set to None is sampled per task into cfg; a bool fixes it for the family)."""
+
+    switches: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def input_dim(self) -> int:
+        return int(np.prod(common.image_shape(self.dataset, self.image_size)))
+
+    def sample(self, key):
+        k_inner, k_switch = jax.random.split(key)
+        cfg = sampling.sample_inner(
+            k_inner, with_activation=self.activation is None, with_initializer=self.sampled_init
+        )
+        cfg.update(_sample_switches(k_switch, tuple(n for n in self.switches if getattr(self, n) is None)))
+        return cfg
+
+    def _switch(self, name: str, cfg):
+        value = getattr(self, name)
+        return cfg[name] if value is None else value
+
+    def _switch_name_parts(self) -> list[str]:
+        return [f"{name}{int(getattr(self, name))}" for name in self.switches if getattr(self, name) is not None]
+
+
 @dataclasses.dataclass(frozen=True)
-class ImageMLPAE(common.ImageFamily, TaskFamily):
+class ImageMLPAE(SwitchedImageMLP, TaskFamily):
     """Flattened image x -> MLP(hidden_sizes + (D,)) -> reconstruction of x.
 
     Per-task switches (None: a random boolean per task, in cfg; a bool: fixed for the family):
@@ -50,6 +77,7 @@ class ImageMLPAE(common.ImageFamily, TaskFamily):
     center_data: bool | None = None
     constrain_output: bool | None = None
     normalizer_type: str = "log"
+    switches: ClassVar[tuple[str, ...]] = SWITCHES
 
     def __post_init__(self):
         if self.normalizer_type not in ("log", "clip"):
@@ -64,28 +92,10 @@ class ImageMLPAE(common.ImageFamily, TaskFamily):
             self.activation or "sampledact",
             f"bs{self.batch_size}",
         ]
-        for name in SWITCHES:
-            value = getattr(self, name)
-            parts += [] if value is None else [f"{name}{int(value)}"]
+        parts += self._switch_name_parts()
         parts += [] if self.sampled_init else ["defaultinit"]
         parts += [] if self.normalizer_type == "log" else [f"{self.normalizer_type}norm"]
         return "_".join(parts)
-
-    @property
-    def input_dim(self) -> int:
-        return int(np.prod(common.image_shape(self.dataset, self.image_size)))
-
-    def sample(self, key):
-        k_inner, k_switch = jax.random.split(key)
-        cfg = sampling.sample_inner(
-            k_inner, with_activation=self.activation is None, with_initializer=self.sampled_init
-        )
-        cfg.update(_sample_switches(k_switch, tuple(n for n in SWITCHES if getattr(self, n) is None)))
-        return cfg
-
-    def _switch(self, name: str, cfg):
-        value = getattr(self, name)
-        return cfg[name] if value is None else value
 
     def _model(self, cfg):
         return common.MLP(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -16,7 +17,7 @@ from tasks import sampling
 from tasks.base import TaskFamily
 from tasks.families import common
 from tasks.families.image_mlp import IMAGE_DATASETS
-from tasks.families.image_mlp_ae import _sample_switches, _select
+from tasks.families.image_mlp_ae import SwitchedImageMLP, _select
 
 SWITCHES = ("center_data", "per_dim_loss")
 BIN_SIZE = 1.0 / 255.0  # the reference's quantisation bin, also for centred data
@@ -64,7 +65,7 @@ class VAE(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class ImageMLPVAE(common.ImageFamily, TaskFamily):
+class ImageMLPVAE(SwitchedImageMLP, TaskFamily):
     """A VAE on flattened images (see `VAE`); loss = batch mean of -ELBO in nats, with one
     z sample drawn from the loss `key`, the prior N(0, 1) and a quantised-normal likelihood.
 
@@ -81,6 +82,7 @@ class ImageMLPVAE(common.ImageFamily, TaskFamily):
     sampled_init: bool = True
     center_data: bool | None = None
     per_dim_loss: bool | None = None
+    switches: ClassVar[tuple[str, ...]] = SWITCHES
 
     def __post_init__(self):
         # Tuples of ints, so that the family stays hashable whatever the caller passed.
@@ -97,27 +99,9 @@ class ImageMLPVAE(common.ImageFamily, TaskFamily):
             self.activation or "sampledact",
             f"bs{self.batch_size}",
         ]
-        for name in SWITCHES:
-            value = getattr(self, name)
-            parts += [] if value is None else [f"{name}{int(value)}"]
+        parts += self._switch_name_parts()
         parts += [] if self.sampled_init else ["defaultinit"]
         return "_".join(parts)
-
-    @property
-    def input_dim(self) -> int:
-        return int(np.prod(common.image_shape(self.dataset, self.image_size)))
-
-    def sample(self, key):
-        k_inner, k_switch = jax.random.split(key)
-        cfg = sampling.sample_inner(
-            k_inner, with_activation=self.activation is None, with_initializer=self.sampled_init
-        )
-        cfg.update(_sample_switches(k_switch, tuple(n for n in SWITCHES if getattr(self, n) is None)))
-        return cfg
-
-    def _switch(self, name: str, cfg):
-        value = getattr(self, name)
-        return cfg[name] if value is None else value
 
     def _model(self, cfg):
         return VAE(

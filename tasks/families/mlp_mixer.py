@@ -9,7 +9,6 @@ import functools
 import math
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -70,13 +69,6 @@ class _MixerModule(nn.Module):
         return _Dense(self.num_classes, name="head")(x)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _compiled_init(family, key, cfg):
-    """`family._init` compiled once per configuration (an eager flax init compiles every op
-    of the forward pass separately)."""
-    return family._init(key, cfg)
-
-
 @dataclasses.dataclass(frozen=True)
 class MLPMixer(common.ImageFamily, TaskFamily):
     """Patch stem (SAME conv, stride = patch) -> Mixer blocks (token-mixing and
@@ -123,7 +115,7 @@ class MLPMixer(common.ImageFamily, TaskFamily):
         )
 
     def init(self, key, cfg):
-        return _compiled_init(self, key, cfg)
+        return common.compiled_init(self, key, cfg)
 
     def _init(self, key, cfg):
         del cfg

@@ -142,13 +142,6 @@ def draw_kernels(key, params, skip=(), stddev_factor: float = 1.0):
     return traverse_util.unflatten_dict(flat)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _compiled_init(family, key, cfg):
-    """`family._init` compiled once per configuration (an eager flax init compiles every op
-    of the forward pass separately)."""
-    return family._init(key, cfg)
-
-
 @dataclasses.dataclass(frozen=True)
 class ResNet(common.ImageFamily, TaskFamily):
     """Bottleneck ResNet (4 groups with strides 1, 2, 2, 2; projection shortcut in each
@@ -211,7 +204,7 @@ class ResNet(common.ImageFamily, TaskFamily):
         )
 
     def init(self, key, cfg):
-        return _compiled_init(self, key, cfg)
+        return common.compiled_init(self, key, cfg)
 
     def _init(self, key, cfg):
         x = jnp.zeros((self.batch_size, *common.image_shape(self.dataset, self.image_size)), jnp.float32)

@@ -7,7 +7,6 @@ import dataclasses
 import functools
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -82,13 +81,6 @@ class _ViTModule(nn.Module):
         return nn.Dense(self.num_classes, kernel_init=head_init, name="head")(x)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _compiled_init(family, key, cfg):
-    """`family._init` compiled once per configuration (an eager flax init compiles every op
-    separately, and each random initialiser takes seconds to compile on a CPU)."""
-    return family._init(key, cfg)
-
-
 @dataclasses.dataclass(frozen=True)
 class ViT(common.ImageFamily, TaskFamily):
     """Patch embedding (VALID conv) -> class token + learned position embeddings -> pre-LN
@@ -148,7 +140,7 @@ class ViT(common.ImageFamily, TaskFamily):
         )
 
     def init(self, key, cfg):
-        return _compiled_init(self, key, cfg)
+        return common.compiled_init(self, key, cfg)
 
     def _init(self, key, cfg):
         del cfg  # the reference samples nothing per task

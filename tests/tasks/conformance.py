@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from tasks import data
-from tasks.base import TaskFamily, train_scan
+from tasks.base import TaskFamily
 from tests.conftest import REPO
 
 # The reference's task lists (tests may read ../shared; the package never does).
@@ -39,11 +39,16 @@ def mock_real_datasets(num_examples: int = 20):
         data.load.cache_clear()
 
 
-def check_family(family: TaskFamily, *, lr: float = 3e-3, steps: int = 5, seed: int = 0) -> dict:
+def check_family(family: TaskFamily, *, lr: float = 3e-3, optimizer=None, steps: int = 5, seed: int = 0) -> dict:
     """Asserts the task-family contract and returns some facts for further checks:
-    builds; batch matches batch_spec; loss, normalised loss and gradients finite; jit +
-    vmap over 2 tasks (different keys/configs) works and gives different losses; `steps`
-    Adam steps on one fixed batch lower the loss. Returns {"losses", "params", "batch"}."""
+    batches match batch_spec; two tasks (keys/configs of `seed`) run under one jit + vmap,
+    and are different tasks; for each, `steps` steps of `optimizer` (default Adam(lr)) in a
+    `lax.scan` on one fixed
+    batch and one fixed loss key (so that dropout masks or a learned optimizer's inner
+    tasks stay the same) keep the loss, normalised loss and weights finite and lower the
+    loss. Finite trained weights and a lower loss imply finite, nonzero gradients (Adam
+    turns a NaN/inf gradient into NaN weights, a zero one into no change). One compile.
+    Returns task 0's {"losses" [steps], "params" (trained), "batch"}."""
     key = jax.random.PRNGKey(seed)
     rng = np.random.default_rng(seed)
     batch = family.get_batch(rng, "train")
@@ -54,26 +59,38 @@ def check_family(family: TaskFamily, *, lr: float = 3e-3, steps: int = 5, seed: 
     for split in ("outer_valid", "test"):
         other = family.get_batch(rng, split)
         assert jax.tree.structure(other) == jax.tree.structure(spec)
+    optimizer = optax.adam(lr) if optimizer is None else optimizer
 
-    # Two tasks under one vmap (one compile for both the single-task and the vmap checks).
+    def run(k, cfg, batch):
+        init_key, loss_key = jax.random.split(k)
+        params, state = family.init(init_key, cfg)
+
+        def step(carry, _):
+            params, state, opt_state = carry
+            (loss, state), grads = family.loss_and_grad(params, state, loss_key, batch, cfg)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), state, opt_state), loss
+
+        carry = (params, state, optimizer.init(params))
+        (trained, trained_state, _), losses = jax.lax.scan(step, carry, length=steps)
+        after, _ = family.loss(trained, trained_state, loss_key, batch, cfg)
+        return params, trained, losses, after, family.normalizer(losses[0], cfg)
+
     keys = jax.random.split(key, 2)
     cfgs = jax.vmap(family.sample)(keys)
-    ps, ss = jax.vmap(family.init)(keys, cfgs)
-    assert family.num_params == sum(int(np.prod(p.shape[1:])) for p in jax.tree.leaves(ps)) > 0
-    (losses, _), grads = jax.jit(jax.vmap(family.loss_and_grad, in_axes=(0, 0, 0, None, 0)))(ps, ss, keys, batch, cfgs)
-    assert losses.shape == (2,) and np.all(np.isfinite(np.asarray(losses))), losses
-    assert float(losses[0]) != float(losses[1])  # two different tasks
-    assert all(np.all(np.isfinite(np.asarray(g, np.float32))) for g in jax.tree.leaves(grads))
-    assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads))
-    assert np.isfinite(float(family.normalizer(losses[0], jax.tree.map(lambda x: x[0], cfgs))))
+    out = jax.jit(jax.vmap(run, in_axes=(0, 0, None)))(keys, cfgs, batch)
+    params, trained, losses, after, normalized = jax.tree.map(np.asarray, out)
+    before = losses[:, 0]
+    assert family.num_params == sum(int(np.prod(p.shape[1:])) for p in jax.tree.leaves(params)) > 0
     assert family.forward_flops() > 0
-
-    batches = jax.tree.map(lambda x: np.stack([x] * (steps + 1)), batch)
-    cfg = family.sample(key)
-    params, losses = jax.jit(lambda b: train_scan(family, optax.adam(lr), key, b, cfg, with_loss_value=False))(batches)
-    losses = np.asarray(losses)
-    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-    return {"losses": losses, "params": params, "batch": batch}
+    assert np.all(np.isfinite(losses)) and np.all(np.isfinite(normalized)), (losses, normalized)
+    # Different tasks: different initial weights, or (learned optimizers, whose inner tasks
+    # are drawn from the loss key) different losses.
+    assert before[0] != before[1] or any(np.any(p[0] != p[1]) for p in jax.tree.leaves(params))
+    assert all(np.all(np.isfinite(np.asarray(p, np.float32))) for p in jax.tree.leaves(trained))
+    assert np.all(after < before), (before, after, losses)
+    task0 = jax.tree.map(lambda x: x[0], {"losses": losses, "params": trained})
+    return {**task0, "batch": batch}
 
 
 def loss_on(family: TaskFamily, params, batch, key=None, cfg=None):

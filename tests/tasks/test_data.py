@@ -78,7 +78,7 @@ def test_absent_dataset_fails_fast_with_instructions(tmp_path):
     start = time.monotonic()
     with pytest.raises(data.DatasetUnavailable, match="not prepared .* download=True"):
         data.REAL["cifar10"](data_dir=str(tmp_path))
-    with pytest.raises(data.DatasetUnavailable, match="has no dataset 'wikipedia"):
+    with pytest.raises(data.DatasetUnavailable, match="'wikipedia/20230601.en' is not prepared"):
         data.REAL["wikipedia_en_bytes"](data_dir=str(tmp_path))
     assert time.monotonic() - start < 10
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
@@ -89,9 +89,11 @@ def test_tfds_loaders_work_without_tensorflow_on_mock_data():
     with tfds.testing.mock_data(num_examples=20):
         cifar = data.REAL["cifar10"]()
         lm = data.REAL["lm1b_bytes"]()
+        wiki = data.REAL["wikipedia_en_bytes"]()  # a train split only: test is held out of it
     assert cifar.num_classes == 10 and cifar.splits["train"][0].shape[1:] == (32, 32, 3)
     assert set(cifar.splits) == set(data.SPLITS)
     assert lm.vocab_size == 257 and lm.splits["train"].dtype == np.int32
+    assert set(wiki.splits) == set(data.SPLITS) and 0 < len(wiki.splits["test"]) < len(wiki.splits["train"]) / 10
     assert "tensorflow" not in sys.modules
 
 

@@ -37,7 +37,7 @@ TINY = ImageMLP("synthetic_shapes", (4,), batch_size=16, image_size=4, activatio
         (LearnableSGDM(initial_lr=3.0), 0.3),
         (LearnableSGD(initial_lr=3.0), 0.3),
         (MLPLOpt(hidden_size=8, step_mult=1.0), 0.01),
-        (AdafacMLPLOpt(step_mult=1.0), 0.01),
+        (AdafacMLPLOpt(step_mult=0.3), 0.01),
     ],
     ids=lambda x: type(x).__name__ if not isinstance(x, float) else None,
 )
