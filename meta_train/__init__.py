@@ -1,1 +1,13 @@
-"""meta_train: ES meta-training; not built yet (see the project issues)."""
+"""meta_train: ES meta-training of VeLO-style learned optimizers.
+
+    from meta_train import configs, train
+    train.train(configs.get("tiny_cpu"), "runs/tiny")
+
+or `python -m meta_train --config tiny_cpu --workdir runs/tiny`. See docs/meta_train.md.
+"""
+
+from meta_train.config import MetaTrainConfig, Phase
+from meta_train.estimators import FullES
+from meta_train.learned_optimizer import VeLONetwork
+
+__all__ = ["FullES", "MetaTrainConfig", "Phase", "VeLONetwork"]

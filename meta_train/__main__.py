@@ -1,1 +1,46 @@
-raise SystemExit("python -m meta_train: ES meta-training is not built yet (see the project issues).")
+"""python -m meta_train --config tiny_cpu --workdir DIR [field=value ...]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from meta_train import configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m meta_train",
+        description="Meta-train a VeLO-style learned optimizer with ES over full rollouts. "
+        "Rerunning the same command resumes from the workdir's last checkpoint.",
+    )
+    parser.add_argument("--config", required=True, help=f"one of: {', '.join(configs.names())}")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, meta_loss.png, theta/")
+    parser.add_argument("--init-theta", help="start from these meta-parameters (velojax checkpoint)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="config field=value, e.g. meta_lr=1e-3 steps=20")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    from meta_train import train
+    from velojax.checkpoint import load_weights
+
+    try:
+        config = configs.get(args.config).with_overrides(args.overrides)
+    except (KeyError, ValueError) as err:
+        parser.error(str(err))
+    theta = load_weights(args.init_theta, config.network()) if args.init_theta else None
+    print(f"meta_train: {config.name}, {config.total_steps} outer steps, {jax.device_count()} device(s), "
+          f"workdir {args.workdir}", flush=True)  # fmt: skip
+    with jax.numpy_dtype_promotion("standard"):
+        summary = train.train(config, args.workdir, init_theta=theta, progress=not args.no_progress)
+    before, after = summary.get("eval_before"), summary.get("eval_after")
+    if after is not None:
+        print(f"held-out meta-loss: {before:.4f} before, {after:.4f} after meta-training")
+        print(f"theta: {args.workdir}/theta   plot: {args.workdir}/meta_loss.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Minutes on a 2-core laptop: a 32-wide/8-bank VeLO network meta-trained with FullES on
+an 8x8 Fashion-MNIST MLP (the Debian package's copy, offline)."""
+
+from meta_train.config import MetaTrainConfig, Phase
+
+CONFIG = MetaTrainConfig(
+    name="tiny_cpu",
+    phases=(
+        Phase(
+            steps=150,
+            min_length=50,
+            max_length=200,
+            tasks=("ImageMLP_FashionMnist8_Relu32",),
+            offline=True,
+            batch_size=64,
+        ),
+    ),
+    lstm_hidden_size=32,
+    param_inits=8,
+    num_pairs=8,
+    chunk=25,
+    recompute_batches=10,
+    meta_lr=3e-3,
+    checkpoint_every=25,
+    eval_pairs=16,
+    eval_length=200,
+)

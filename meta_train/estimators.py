@@ -1,0 +1,282 @@
+"""Antithetic evolution-strategies estimators of the meta-gradient (reference spec §7).
+
+`FullES` (the VeLO estimator, §7.2): N antithetic pairs, pair i trains task i (its own
+inner config, initial weights and data, identical on both sides) with θ + εᵢ and θ − εᵢ
+for one rollout length L (VeLO's `num_steps` = L), then
+
+    Δᵢ = nan_to_num(L⁺ᵢ − L⁻ᵢ) (NaN/±inf → 0), optionally sign(Δᵢ)·s,
+    ĝ = (1/N) Σᵢ Δᵢ εᵢ / (2σ²).
+
+Perturbations εᵢ = σ·𝒩(0, I) are regenerated from per-pair keys inside the compiled
+programs: the rollout chunk makes each device's pairs' θ ± εᵢ as it needs them, and the
+gradient is a scan over a device's pairs, so the estimator holds O(|θ|) per device besides
+what the vmapped rollouts themselves need. Pairs are split over the mesh axis "pairs"
+(`shard_map`); the pair sums are `psum`s inside the programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from meta_train.learned_optimizer import VeLONetwork
+from tasks.base import TaskFamily
+
+PyTree = Any
+AXIS = "pairs"
+LOSS_TYPES = ("last_recompute", "avg", "last")
+
+
+def perturbation(theta: PyTree, key: jax.Array, std: float) -> PyTree:
+    """ε = std·𝒩(0, I) shaped like θ, one key per leaf (split in leaf order)."""
+    leaves, treedef = jax.tree.flatten(theta)
+    keys = jax.random.split(key, len(leaves))
+    return treedef.unflatten([std * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+
+
+def es_gradient_sum(theta: PyTree, pert_keys: jax.Array, deltas: jax.Array, std: float) -> PyTree:
+    """Σᵢ Δᵢ εᵢ over the given pairs, regenerating each εᵢ in a scan (O(|θ|) memory)."""
+
+    def add(acc, xs):
+        key, delta = xs
+        return jax.tree.map(lambda a, e: a + delta.astype(a.dtype) * e, acc, perturbation(theta, key, std)), None
+
+    total, _ = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, theta), (pert_keys, deltas))
+    return total
+
+
+def default_mesh(num_pairs: int, devices: list | None = None) -> Mesh:
+    """A mesh with one axis, "pairs", over `devices` (default: all; as many as divide
+    `num_pairs`). Auto sharding, so host code may index the estimator's results."""
+    devices = jax.devices() if devices is None else list(devices)
+    count = len(devices)
+    while num_pairs % count:
+        count -= 1
+    return jax.make_mesh((count,), (AXIS,), axis_types=(AxisType.Auto,), devices=devices[:count])
+
+
+def rollout_length(key: jax.Array, min_length: int, max_length: int, multiple: int) -> int:
+    """L = int(exp(U(log min, log max))), rounded down to a multiple of `multiple`, at
+    least `multiple` (the reference's LogUniformLengthSchedule + FullES rounding)."""
+    u = float(jax.random.uniform(key))
+    length = int(math.exp(math.log(min_length) + u * (math.log(max_length) - math.log(min_length))))
+    return max(multiple, length - length % multiple)
+
+
+@dataclasses.dataclass(frozen=True)
+class FullES:
+    """Antithetic ES over full rollouts (see module doc).
+
+    Attributes:
+      lopt: the learned optimizer being meta-trained.
+      num_pairs: antithetic pairs N per estimate (each its own task instance).
+      std: σ of the perturbations.
+      min_length, max_length: the rollout length L ~ LogUniform[min, max], shared by
+        all pairs of an estimate.
+      chunk: inner steps per compiled call (a multiple of which L is); batches are
+        made on the host one chunk at a time, so long rollouts never hold all of them.
+      loss_type: "last_recompute" (normalised loss of the final weights, mean over
+        `recompute_batches` fresh batches of `recompute_split`), "avg" or "last"
+        (mean or last normalised training loss along the rollout).
+      sign_delta: if set, Δᵢ is replaced by sign(Δᵢ)·sign_delta (VeLO: 1.0).
+    """
+
+    lopt: VeLONetwork
+    num_pairs: int = 8
+    std: float = 0.01
+    min_length: int = 100
+    max_length: int = 1000
+    chunk: int = 10
+    loss_type: str = "last_recompute"
+    recompute_batches: int = 10
+    recompute_split: str = "train"
+    sign_delta: float | None = 1.0
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.num_pairs < 1 or self.chunk < 1 or self.recompute_batches < 1:
+            raise ValueError("num_pairs, chunk and recompute_batches must be >= 1")
+        if not 1 <= self.min_length <= self.max_length:
+            raise ValueError(f"need 1 <= min_length <= max_length, got {self.min_length}, {self.max_length}")
+        if not self.std > 0:
+            raise ValueError(f"std must be > 0, got {self.std}")
+
+    def estimate(
+        self, theta: PyTree, key: jax.Array, family: TaskFamily, mesh: Mesh | None = None
+    ) -> tuple[PyTree, dict[str, float]]:
+        """(ĝ, metrics) for `family` at θ. Everything random comes from `key`: the rollout
+        length, the tasks, their data, the loss keys and the perturbations.
+
+        Metrics: meta_loss (mean over pairs with finite losses of (L⁺+L⁻)/2), length L,
+        inner_steps (2·N·L), nonfinite_pairs (pairs whose Δ was NaN/inf, hence dropped)."""
+        mesh = default_mesh(self.num_pairs) if mesh is None else mesh
+        pair_losses, pert_keys, length = self._rollouts(theta, key, family, mesh, antithetic=True)
+        programs = _programs(self, family, mesh, True)
+        grad, meta_loss, nonfinite = programs.finish(theta, pert_keys, pair_losses)
+        metrics = {
+            "meta_loss": float(meta_loss),
+            "length": length,
+            "inner_steps": 2 * self.num_pairs * length,
+            "nonfinite_pairs": int(nonfinite),
+        }
+        return grad, metrics
+
+    def evaluate(self, theta: PyTree, key: jax.Array, family: TaskFamily, mesh: Mesh | None = None) -> float:
+        """Mean over `num_pairs` tasks (from `key`) of the meta-loss of θ itself (no
+        perturbation). Tasks with a non-finite meta-loss are left out (NaN if all are)."""
+        mesh = default_mesh(self.num_pairs) if mesh is None else mesh
+        losses, _, _ = self._rollouts(theta, key, family, mesh, antithetic=False)
+        losses = np.asarray(losses)[:, 0]
+        finite = losses[np.isfinite(losses)]
+        return float(finite.mean()) if finite.size else float("nan")
+
+    def _rollouts(self, theta, key, family, mesh, antithetic: bool):
+        """Per-pair meta-losses [pairs, 2 (θ+ε, θ-ε) or 1 (θ)], the pair perturbation keys
+        and the rollout length."""
+        programs = _programs(self, family, mesh, antithetic)
+        k_len, k_task, k_pert, k_data, k_loss, k_recompute = jax.random.split(key, 6)
+        length = rollout_length(k_len, self.min_length, self.max_length, self.chunk)
+        pairs = NamedSharding(mesh, P(AXIS))
+        task_keys = jax.device_put(jax.random.split(k_task, self.num_pairs), pairs)
+        pert_keys = jax.device_put(jax.random.split(k_pert, self.num_pairs), pairs)
+        rngs = pair_rngs(k_data, self.num_pairs)
+
+        cfgs, carry = programs.init(theta, task_keys, pert_keys, jnp.int32(length))
+        loss_sum, last = None, None
+        for c in range(length // self.chunk):
+            batches = jax.device_put(_stacked(family, rngs, "train", self.chunk), pairs)
+            keys = jax.device_put(_pair_keys(jax.random.fold_in(k_loss, c), self.num_pairs, self.chunk), pairs)
+            carry, losses = programs.chunk(theta, pert_keys, cfgs, carry, batches, keys)
+            chunk_sum = losses.sum(axis=-1)
+            loss_sum = chunk_sum if loss_sum is None else loss_sum + chunk_sum
+            last = losses[..., -1]
+        if self.loss_type == "last_recompute":
+            batches = jax.device_put(_stacked(family, rngs, self.recompute_split, self.recompute_batches), pairs)
+            keys = jax.device_put(_pair_keys(k_recompute, self.num_pairs, self.recompute_batches), pairs)
+            return programs.recompute(cfgs, carry, batches, keys), pert_keys, length
+        if self.loss_type == "avg":
+            return loss_sum / length, pert_keys, length
+        return last, pert_keys, length
+
+
+def pair_rngs(key: jax.Array, num_pairs: int) -> list[np.random.Generator]:
+    """Host data streams, one per pair, depending only on (key, pair index): the same data
+    whatever the number of devices or processes."""
+    seed = [int(x) for x in np.asarray(jax.random.key_data(key)).ravel()]
+    return [np.random.default_rng(seed + [i]) for i in range(num_pairs)]
+
+
+def _stacked(family: TaskFamily, rngs: list[np.random.Generator], split: str, num: int) -> PyTree:
+    """[pairs, num, ...] batches, pair i from rngs[i]."""
+    per_pair = [family.stacked_batches(rng, split, num) for rng in rngs]
+    return jax.tree.map(lambda *xs: np.stack(xs), *per_pair)
+
+
+def _pair_keys(key: jax.Array, num_pairs: int, num: int) -> jax.Array:
+    """[pairs, num] loss keys (shared by both sides of a pair)."""
+    return jax.random.split(key, num_pairs * num).reshape(num_pairs, num, -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Programs:
+    init: Any
+    chunk: Any
+    recompute: Any
+    finish: Any
+
+
+@functools.lru_cache(maxsize=64)
+def _programs(es: FullES, family: TaskFamily, mesh: Mesh, antithetic: bool) -> _Programs:
+    """The compiled pieces of an estimate, for one (estimator, family, mesh); without
+    `antithetic`, each pair is one rollout with θ itself (for evaluation)."""
+    lopt, std = es.lopt, es.std
+    shard = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
+
+    def signs(theta, key):
+        if not antithetic:
+            return jax.tree.map(lambda t: t[None], theta)
+        eps = perturbation(theta, key, std)
+        return jax.tree.map(lambda t, e: jnp.stack([t + e, t - e]), theta, eps)
+
+    def init_pair(theta, task_key, pert_key, num_steps):
+        k_cfg, k_init = jax.random.split(task_key)
+        cfg = family.sample(k_cfg)
+        params, state = family.init(k_init, cfg)
+        opt = jax.vmap(lambda th: lopt.init(th, params, num_steps))(signs(theta, pert_key))
+        both = jax.tree.map(lambda x: jnp.stack([x] * (2 if antithetic else 1)), (params, state))
+        return cfg, (*both, opt)
+
+    def init_local(theta, task_keys, pert_keys, num_steps):
+        return jax.vmap(init_pair, in_axes=(None, 0, 0, None))(theta, task_keys, pert_keys, num_steps)
+
+    def chunk_pair(theta, pert_key, cfg, carry, batches, keys):
+        def run(th, c):
+            def step(c, xs):
+                params, state, opt = c
+                batch, k = xs
+                (loss, state), grads = family.loss_and_grad(params, state, k, batch, cfg)
+                params, opt = lopt.update(th, opt, grads, params, loss)
+                return (params, state, opt), family.normalizer(loss, cfg)
+
+            return jax.lax.scan(step, c, (batches, keys))
+
+        return jax.vmap(run)(signs(theta, pert_key), carry)
+
+    def chunk_local(theta, pert_keys, cfgs, carry, batches, keys):
+        return jax.vmap(chunk_pair, in_axes=(None, 0, 0, 0, 0, 0))(theta, pert_keys, cfgs, carry, batches, keys)
+
+    def recompute_pair(cfg, carry, batches, keys):
+        params2, state2, _ = carry
+
+        def side(params, state):
+            def one(xs):
+                batch, k = xs
+                return family.normalizer(family.loss(params, state, k, batch, cfg)[0], cfg)
+
+            return jnp.mean(jax.lax.map(one, (batches, keys)))
+
+        return jax.vmap(side)(params2, state2)
+
+    def recompute_local(cfgs, carry, batches, keys):
+        return jax.vmap(recompute_pair)(cfgs, carry, batches, keys)
+
+    def finish_local(theta, pert_keys, pair_losses):
+        delta = pair_losses[:, 0] - pair_losses[:, 1]
+        finite = jnp.isfinite(delta)
+        delta = jnp.where(finite, delta, 0.0)
+        if es.sign_delta is not None:
+            delta = jnp.sign(delta) * es.sign_delta
+        total = jax.lax.psum(es_gradient_sum(theta, pert_keys, delta, std), AXIS)
+        grad = jax.tree.map(lambda g: g / (es.num_pairs * 2 * std**2), total)
+        mean_pair = jnp.where(finite, jnp.mean(pair_losses, axis=1), 0.0)
+        count = jax.lax.psum(jnp.sum(finite), AXIS)
+        meta_loss = jax.lax.psum(jnp.sum(mean_pair), AXIS) / jnp.maximum(count, 1)
+        meta_loss = jnp.where(count > 0, meta_loss, jnp.nan)
+        return grad, meta_loss, es.num_pairs - count
+
+    pairs, rep = P(AXIS), P()
+
+    def program(fn, in_specs, out_specs, **jit_kw):
+        compiled = jax.jit(shard(fn, in_specs=in_specs, out_specs=out_specs), **jit_kw)
+        shardings = tuple(NamedSharding(mesh, spec) for spec in in_specs)
+
+        def call(*args):  # places host or single-device inputs on the mesh (no-op if there)
+            return compiled(*(jax.device_put(a, s) for a, s in zip(args, shardings)))
+
+        return call
+
+    return _Programs(
+        init=program(init_local, (rep, pairs, pairs, rep), pairs),
+        chunk=program(chunk_local, (rep, pairs, pairs, pairs, pairs, pairs), pairs, donate_argnums=3),
+        recompute=program(recompute_local, (pairs,) * 4, pairs),
+        finish=program(finish_local, (rep, pairs, pairs), rep),
+    )

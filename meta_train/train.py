@@ -1,0 +1,267 @@
+"""The outer loop: curriculum, FullES estimates, meta-optimizer, checkpoints, metrics.
+
+A run is a pure function of its config: the outer step t uses the key fold_in(seed, t),
+and the task pool of a phase is redrawn from (seed, phase, t // resample_every). So the
+checkpointed state is just (θ, meta-optimizer state, step), and a run restarted from a
+checkpoint computes exactly what an uninterrupted run computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+import tasks
+from meta_train import checkpointing, estimators
+from meta_train.config import MetaTrainConfig, Phase
+from meta_train.learned_optimizer import VeLONetwork
+from tasks import phases as task_phases
+from tasks.base import TaskFamily, with_batch_size
+
+PyTree = Any
+
+
+class TrainState(dict):
+    """{"theta", "opt_state", "step"}: all a run needs to continue."""
+
+
+@functools.lru_cache(maxsize=8)  # one object per config: it is a static argument of _apply
+def meta_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
+    """clip ±clip → mean over `accumulate` steps → Adam(meta_lr, eps_root); a step with a
+    non-finite gradient is skipped (its count is in the state)."""
+    adam = optax.adam(config.meta_lr, eps_root=config.eps_root)
+    inner = optax.chain(optax.clip(config.clip), optax.MultiSteps(adam, every_k_schedule=config.accumulate))
+    return optax.apply_if_finite(inner, max_consecutive_errors=2**31 - 1)
+
+
+def estimator(config: MetaTrainConfig, phase: Phase) -> estimators.FullES:
+    return estimators.FullES(
+        VeLONetwork(config.network()),
+        num_pairs=config.num_pairs,
+        std=config.std,
+        min_length=phase.min_length,
+        max_length=phase.max_length,
+        chunk=config.chunk,
+        loss_type=config.loss_type,
+        recompute_batches=config.recompute_batches,
+        sign_delta=config.sign_delta,
+    )
+
+
+def init_state(config: MetaTrainConfig, theta: PyTree | None = None) -> TrainState:
+    if theta is None:
+        theta = VeLONetwork(config.network()).init_theta(jax.random.PRNGKey(config.seed))
+    return TrainState(theta=theta, opt_state=meta_optimizer(config).init(theta), step=np.int64(0))
+
+
+@functools.lru_cache(maxsize=32)
+def task_pool(config: MetaTrainConfig, phase_index: int, epoch: int) -> tuple[TaskFamily, ...]:
+    """The families of phase `phase_index` during resampling epoch `epoch`."""
+    phase = config.phases[phase_index]
+    if phase.tasks:
+        pool = [tasks.get(name) for name in phase.tasks]
+    else:
+        datasets = _offline_datasets() if phase.offline else None
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), phase_index), epoch)
+        pool = [
+            task_phases.sample_task(k, phase=phase.distribution, datasets=datasets).family
+            for k in jax.random.split(key, phase.pool_size)
+        ]
+    if phase.batch_size is not None:
+        pool = [with_batch_size(f, phase.batch_size) for f in pool]
+    return tuple(pool)
+
+
+def family_at(config: MetaTrainConfig, step: int, estimate: int = 0) -> TaskFamily:
+    index, phase = config.phase_at(step)
+    pool = task_pool(config, index, step // phase.resample_every)
+    pick = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), estimate)
+    return pool[int(jax.random.randint(pick, (), 0, len(pool)))]
+
+
+def _offline_datasets() -> dict[str, tuple[str, ...]]:
+    """Datasets for the samplers when `Phase.offline`: real Fashion-MNIST (the Debian
+    package's copy), procedural images, the Python standard library's text."""
+    return {"image": ("fashion_mnist_local", "synthetic_shapes"), "text": ("pystdlib_bytes", "pystdlib_words")}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(tx, theta, opt_state, grad):
+    updates, opt_state = tx.update(grad, opt_state, theta)
+    norm = optax.tree.norm(grad)
+    return optax.apply_updates(theta, updates), opt_state, norm
+
+
+def outer_step(config: MetaTrainConfig, state: TrainState, mesh=None) -> tuple[TrainState, dict[str, float]]:
+    """One outer step: `estimates_per_step` FullES estimates (each on its own family of
+    the phase's pool), averaged, then the meta-optimizer."""
+    step = int(state["step"])
+    _, phase = config.phase_at(step)
+    es = estimator(config, phase)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
+    grads, metrics = [], []
+    for e in range(config.estimates_per_step):
+        family = family_at(config, step, e)
+        g, m = es.estimate(state["theta"], jax.random.fold_in(key, e), family, mesh)
+        grads.append(g)
+        metrics.append(m)
+    grad = jax.tree.map(lambda *gs: sum(gs) / len(gs), *grads) if len(grads) > 1 else grads[0]
+    tx = meta_optimizer(config)
+    theta, opt_state, grad_norm = _apply(tx, state["theta"], state["opt_state"], grad)
+    losses = [m["meta_loss"] for m in metrics if np.isfinite(m["meta_loss"])]
+    out = {
+        "step": step + 1,
+        "meta_loss": float(np.mean(losses)) if losses else float("nan"),
+        "grad_norm": float(grad_norm),
+        "theta_norm": float(optax.tree.norm(theta)),
+        "inner_steps": int(sum(m["inner_steps"] for m in metrics)),
+        "length": int(np.mean([m["length"] for m in metrics])),
+        "nonfinite_pairs": int(sum(m["nonfinite_pairs"] for m in metrics)),
+        "skipped_updates": int(opt_state.total_notfinite),
+        "family": family_at(config, step, 0).name,
+    }
+    return TrainState(theta=theta, opt_state=opt_state, step=np.int64(step + 1)), out
+
+
+def evaluate(config: MetaTrainConfig, theta: PyTree, key: jax.Array, mesh=None) -> float:
+    """Mean normalised final loss (last_recompute) of θ on `eval_pairs` held-out tasks of
+    the first phase's first family, at `eval_length` steps (no perturbation)."""
+    phase = config.phases[0]
+    length = config.eval_length or phase.max_length
+    es = dataclasses.replace(
+        estimator(config, phase), num_pairs=config.eval_pairs, min_length=length, max_length=length, chunk=config.chunk
+    )
+    family = task_pool(config, 0, 0)[0]
+    return es.evaluate(theta, key, family, mesh)
+
+
+def train(
+    config: MetaTrainConfig,
+    workdir: str | Path,
+    *,
+    init_theta: PyTree | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) `config` in `workdir`: checkpoints, metrics.jsonl, meta_loss.png,
+    theta/ (the final θ in `velojax.optimizer.load_weights` format), summary.json.
+    `stop_after` stops after that many outer steps of this call (for tests)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_config(config, workdir)
+    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    fresh = init_state(config, init_theta)
+    state = ckpt.restore_latest(fresh) or fresh
+    start = int(state["step"])
+    metrics_path = workdir / "metrics.jsonl"
+    rows = _read_metrics(metrics_path, upto=start)
+    _write_metrics(metrics_path, rows)  # drop rows past the checkpoint (a killed run's)
+
+    eval_key = jax.random.PRNGKey(config.seed + 2)
+    summary_path = workdir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() and start > 0 else {}
+    if "eval_before" not in summary:
+        summary["eval_before"] = evaluate(config, fresh["theta"], eval_key)
+
+    total = config.total_steps
+    bar = _progress(total, start, progress)
+    t0, done_steps, inner = time.perf_counter(), 0, 0
+    with metrics_path.open("a") as log:
+        while int(state["step"]) < total and (stop_after is None or done_steps < stop_after):
+            state, row = outer_step(config, state)
+            done_steps += 1
+            inner += row["inner_steps"]
+            row["elapsed_s"] = round(time.perf_counter() - t0, 3)
+            row["inner_steps_per_s"] = round(inner / max(row["elapsed_s"], 1e-9), 1)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            rows.append(row)
+            step = int(state["step"])
+            if step % config.checkpoint_every == 0 or step == total:
+                ckpt.save(step, state)
+            bar.update(1)
+            bar.set_postfix(meta_loss=f"{row['meta_loss']:.3f}", inner_steps_per_s=f"{row['inner_steps_per_s']:.0f}")
+    bar.close()
+    ckpt.wait()
+    if int(state["step"]) >= total:
+        from velojax.checkpoint import save_weights
+
+        save_weights(workdir / "theta", state["theta"], gen_id=config.name, step=total)
+        summary["eval_after"] = evaluate(config, state["theta"], eval_key)
+        summary["steps"] = total
+        _plot(rows, workdir / "meta_loss.png", config.name)
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _check_config(config: MetaTrainConfig, workdir: Path) -> None:
+    path = workdir / "config.json"
+    if path.is_file():
+        saved = MetaTrainConfig.from_json(path.read_text())
+        if saved != config:
+            raise checkpointing.CheckpointError(
+                f"{workdir} holds a run of a different config ({saved.name}); use another --workdir "
+                f"or the same config and overrides (saved: {path})"
+            )
+    else:
+        path.write_text(config.to_json())
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if row["step"] <= upto:
+            rows.append(row)
+    return rows
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def _progress(total: int, start: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+def _plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    losses = np.asarray([r["meta_loss"] for r in rows], float)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, lw=0.8, alpha=0.4, label="per step")
+    if len(losses) >= 10:
+        w = max(5, len(losses) // 20)
+        smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
+        ax.plot(steps[w - 1 :], smooth, lw=2, label=f"mean of {w}")
+    ax.set(xlabel="outer step", ylabel="meta-loss (normalised)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+__all__ = ["TrainState", "evaluate", "family_at", "init_state", "meta_optimizer", "outer_step", "train"]

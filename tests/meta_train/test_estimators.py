@@ -1,0 +1,142 @@
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from meta_train import estimators
+from meta_train.estimators import FullES, es_gradient_sum, perturbation, rollout_length
+from tests.conftest import REPO
+from tests.meta_train.helpers import QUADRATIC, SMALL_NET, SometimesNaN, small_es
+
+
+def test_antithetic_estimate_is_unbiased_on_a_quadratic():
+    """f(θ) = Σ a θ²/2 + b θ: E[ĝ] = ∇f; the mean of 400 estimates of 4 pairs is within 3
+    standard errors of it in every coordinate."""
+    theta = {"w": jnp.linspace(-1.0, 1.0, 5), "b": jnp.array([0.5, -2.0])}
+    a = {"w": jnp.arange(1.0, 6.0), "b": jnp.array([3.0, 0.1])}
+    c = {"w": jnp.full(5, 0.3), "b": jnp.array([-1.0, 2.0])}
+
+    def f(t):
+        return sum(jnp.sum(0.5 * a[k] * t[k] ** 2 + c[k] * t[k]) for k in t)
+
+    std, pairs = 0.1, 4
+
+    @jax.jit
+    def estimate(key):
+        keys = jax.random.split(key, pairs)
+
+        def delta(k):
+            eps = perturbation(theta, k, std)
+            return f(jax.tree.map(jnp.add, theta, eps)) - f(jax.tree.map(jnp.subtract, theta, eps))
+
+        total = es_gradient_sum(theta, keys, jax.vmap(delta)(keys), std)
+        return jax.tree.map(lambda g: g / (pairs * 2 * std**2), total)
+
+    samples = jax.vmap(estimate)(jax.random.split(jax.random.PRNGKey(0), 400))
+    true = jax.grad(f)(theta)
+    for k in theta:
+        mean, se = samples[k].mean(0), samples[k].std(0) / np.sqrt(400)
+        assert np.all(np.abs(mean - true[k]) < 3 * se), (k, mean, true[k], se)
+        assert np.all(se > 0)
+
+
+def test_antithetic_pairs_share_task_init_and_data():
+    es = small_es(loss_type="avg")
+    theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
+    mesh = estimators.default_mesh(es.num_pairs)
+    programs = estimators._programs(es, QUADRATIC, mesh, True)
+    task_keys = jax.random.split(jax.random.PRNGKey(1), es.num_pairs)
+    pert_keys = jax.random.split(jax.random.PRNGKey(2), es.num_pairs)
+    cfgs, carry = programs.init(theta, task_keys, pert_keys, jnp.int32(10))
+    params = np.asarray(carry[0]["w"])  # [pairs, 2, dim]
+    np.testing.assert_array_equal(params[:, 0], params[:, 1])
+    assert len({p.tobytes() for p in params[:, 0]}) == es.num_pairs  # each pair its own task
+    batches = estimators._stacked(QUADRATIC, estimators.pair_rngs(jax.random.PRNGKey(3), es.num_pairs), "train", 5)
+    keys = estimators._pair_keys(jax.random.PRNGKey(4), es.num_pairs, 5)
+    carry, losses = programs.chunk(theta, pert_keys, cfgs, carry, batches, keys)
+    losses = np.asarray(losses)  # [pairs, 2, steps]
+    np.testing.assert_array_equal(losses[:, 0, 0], losses[:, 1, 0])  # same task, init, data, key
+    assert np.all(losses[:, 0, 1:] != losses[:, 1, 1:])  # different θ from the first update on
+
+
+def test_estimate_metrics_and_determinism():
+    es = small_es()
+    theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
+    g1, m1 = es.estimate(theta, jax.random.PRNGKey(5), QUADRATIC)
+    g2, m2 = es.estimate(theta, jax.random.PRNGKey(5), QUADRATIC)
+    assert m1 == m2 and m1["length"] == 10 and m1["inner_steps"] == 2 * 4 * 10 and m1["nonfinite_pairs"] == 0
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_array_equal(a, b)
+    # With sign(Δ)·1, ĝ = mean ±ε/(2σ²): its RMS is 1/(2σ√N) = 25 for σ = 0.01, N = 4.
+    rms = np.sqrt(np.mean(np.concatenate([np.ravel(g) ** 2 for g in jax.tree.leaves(g1)])))
+    assert 15 < rms < 35, rms
+    assert np.isfinite(m1["meta_loss"]) and m1["meta_loss"] > 0
+
+
+def test_nan_pairs_are_dropped_and_counted():
+    family = SometimesNaN(dim=6, batch_size=2)
+    es = small_es(num_pairs=8)
+    theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(7)
+    grad, metrics = es.estimate(theta, key, family)
+    task_keys = jax.random.split(jax.random.split(key, 6)[1], 8)
+    bad = sum(float(family.sample(jax.random.split(k)[0])["target"][0]) > 0 for k in task_keys)
+    assert 0 < bad < 8 and metrics["nonfinite_pairs"] == bad
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
+    assert any(np.any(g != 0) for g in jax.tree.leaves(grad))
+    assert np.isfinite(metrics["meta_loss"])
+
+
+def test_rollout_length_schedule():
+    lengths = [rollout_length(k, 100, 20_000, 10) for k in jax.random.split(jax.random.PRNGKey(0), 300)]
+    assert all(100 <= n <= 20_000 and n % 10 == 0 for n in lengths)
+    logs = np.log(lengths)
+    assert abs(np.mean(logs) - (np.log(100) + np.log(20_000)) / 2) < 0.3  # log-uniform
+    assert rollout_length(jax.random.PRNGKey(1), 3, 7, 10) == 10  # at least one chunk
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(loss_type="max"), dict(num_pairs=0), dict(min_length=5, max_length=2), dict(std=0)]
+)
+def test_bad_settings_are_rejected(bad):
+    with pytest.raises(ValueError):
+        FullES(SMALL_NET, **bad)
+
+
+_SHARDED = """
+import json, sys, jax
+sys.path.insert(0, {repo!r})
+from meta_train import estimators
+from tests.meta_train.helpers import QUADRATIC, SMALL_NET, small_es
+assert jax.device_count() == 8
+es = small_es(num_pairs=8)
+theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
+out = {{}}
+with jax.numpy_dtype_promotion("standard"):
+    for n in (1, 8):
+        mesh = estimators.default_mesh(8, jax.devices()[:n])
+        g, m = es.estimate(theta, jax.random.PRNGKey(3), QUADRATIC, mesh)
+        out[n] = {{"grad": [x.ravel().tolist() for x in jax.tree.leaves(g)], "loss": m["meta_loss"]}}
+print(json.dumps(out))
+"""
+
+
+def test_eight_devices_give_the_one_device_estimate():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env["JAX_COMPILATION_CACHE_DIR"] = str(REPO / ".jax_cache")
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED.format(repo=str(REPO))], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    one, eight = out["1"], out["8"]
+    assert one["loss"] == pytest.approx(eight["loss"], rel=1e-5)
+    flat = functools.partial(np.concatenate)
+    np.testing.assert_allclose(flat([np.asarray(x) for x in eight["grad"]]), flat([np.asarray(x) for x in one["grad"]]),
+                               rtol=1e-4, atol=1e-3)  # fmt: skip
