@@ -18,10 +18,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, meta_loss.png, theta/")
     parser.add_argument("--init-theta", help="start from these meta-parameters (velojax checkpoint)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cluster = parser.add_argument_group("several processes (jax.distributed)")
+    cluster.add_argument("--distributed", action="store_true", help="join a cluster detected from the environment "
+                         "(TPU pods, Slurm, ...), or the one given by the flags below")  # fmt: skip
+    cluster.add_argument("--coordinator", help="HOST:PORT of process 0")
+    cluster.add_argument("--num-processes", type=int)
+    cluster.add_argument("--process-id", type=int)
     parser.add_argument("overrides", nargs="*", help="config field=value, e.g. meta_lr=1e-3 steps=20")
     args = parser.parse_args(argv)
 
     import jax
+
+    if args.distributed or args.coordinator:
+        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
     from meta_train import train
     from velojax.checkpoint import load_weights
@@ -31,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError) as err:
         parser.error(str(err))
     theta = load_weights(args.init_theta, config.network()) if args.init_theta else None
-    print(f"meta_train: {config.name}, {config.total_steps} outer steps, {jax.device_count()} device(s), "
-          f"workdir {args.workdir}", flush=True)  # fmt: skip
+    print(f"meta_train: {config.name}, {config.total_steps} outer steps, {jax.device_count()} device(s) in "
+          f"{jax.process_count()} process(es), workdir {args.workdir}", flush=True)  # fmt: skip
     with jax.numpy_dtype_promotion("standard"):
         summary = train.train(config, args.workdir, init_theta=theta, progress=not args.no_progress)
     before, after = summary.get("eval_before"), summary.get("eval_after")
-    if after is not None:
+    if before is not None and after is not None:
         print(f"held-out meta-loss: {before:.4f} before, {after:.4f} after meta-training")
         print(f"theta: {args.workdir}/theta   plot: {args.workdir}/meta_loss.png")
     return 0

@@ -53,6 +53,8 @@ class Checkpointer:
 
 
 def _abstract(x):
-    if isinstance(x, (np.ndarray, np.generic)) or hasattr(x, "shape"):
-        return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype)
+    if isinstance(x, jax.Array):  # restored with the same sharding (several processes too)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    if isinstance(x, (np.ndarray, np.generic)):
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
     return x

@@ -67,7 +67,7 @@ class MetaTrainConfig:
     seed: int = 0
     checkpoint_every: int = 25
     keep_checkpoints: int = 3
-    eval_pairs: int = 8
+    eval_pairs: int = 8  # held-out tasks evaluated before and after (0: none)
     eval_length: int | None = None  # default: the first phase's max_length
 
     def __post_init__(self):

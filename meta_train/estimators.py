@@ -63,6 +63,30 @@ def default_mesh(num_pairs: int, devices: list | None = None) -> Mesh:
     return jax.make_mesh((count,), (AXIS,), axis_types=(AxisType.Auto,), devices=devices[:count])
 
 
+def place(tree: PyTree, sharding: NamedSharding) -> PyTree:
+    """Every leaf (host, single-device or global) as a global array with `sharding`.
+    With several processes, each passes the same full value and keeps its own shards."""
+
+    def one(x):
+        if sharding.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
+
+
+def to_host(x) -> np.ndarray:
+    """The whole value of `x` on this process (gathered from the others if needed)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    if x.sharding.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def rollout_length(key: jax.Array, min_length: int, max_length: int, multiple: int) -> int:
     """L = int(exp(U(log min, log max))), rounded down to a multiple of `multiple`, at
     least `multiple` (the reference's LogUniformLengthSchedule + FullES rounding)."""
@@ -123,10 +147,10 @@ class FullES:
         programs = _programs(self, family, mesh, True)
         grad, meta_loss, nonfinite = programs.finish(theta, pert_keys, pair_losses)
         metrics = {
-            "meta_loss": float(meta_loss),
+            "meta_loss": float(to_host(meta_loss)),
             "length": length,
             "inner_steps": 2 * self.num_pairs * length,
-            "nonfinite_pairs": int(nonfinite),
+            "nonfinite_pairs": int(to_host(nonfinite)),
         }
         return grad, metrics
 
@@ -135,7 +159,7 @@ class FullES:
         perturbation). Tasks with a non-finite meta-loss are left out (NaN if all are)."""
         mesh = default_mesh(self.num_pairs) if mesh is None else mesh
         losses, _, _ = self._rollouts(theta, key, family, mesh, antithetic=False)
-        losses = np.asarray(losses)[:, 0]
+        losses = to_host(losses)[:, 0]
         finite = losses[np.isfinite(losses)]
         return float(finite.mean()) if finite.size else float("nan")
 
@@ -146,22 +170,22 @@ class FullES:
         k_len, k_task, k_pert, k_data, k_loss, k_recompute = jax.random.split(key, 6)
         length = rollout_length(k_len, self.min_length, self.max_length, self.chunk)
         pairs = NamedSharding(mesh, P(AXIS))
-        task_keys = jax.device_put(jax.random.split(k_task, self.num_pairs), pairs)
-        pert_keys = jax.device_put(jax.random.split(k_pert, self.num_pairs), pairs)
+        task_keys = place(jax.random.split(k_task, self.num_pairs), pairs)
+        pert_keys = place(jax.random.split(k_pert, self.num_pairs), pairs)
         rngs = pair_rngs(k_data, self.num_pairs)
 
         cfgs, carry = programs.init(theta, task_keys, pert_keys, jnp.int32(length))
         loss_sum, last = None, None
         for c in range(length // self.chunk):
-            batches = jax.device_put(_stacked(family, rngs, "train", self.chunk), pairs)
-            keys = jax.device_put(_pair_keys(jax.random.fold_in(k_loss, c), self.num_pairs, self.chunk), pairs)
+            batches = _stacked(family, rngs, "train", self.chunk)
+            keys = _pair_keys(jax.random.fold_in(k_loss, c), self.num_pairs, self.chunk)
             carry, losses = programs.chunk(theta, pert_keys, cfgs, carry, batches, keys)
             chunk_sum = losses.sum(axis=-1)
             loss_sum = chunk_sum if loss_sum is None else loss_sum + chunk_sum
             last = losses[..., -1]
         if self.loss_type == "last_recompute":
-            batches = jax.device_put(_stacked(family, rngs, self.recompute_split, self.recompute_batches), pairs)
-            keys = jax.device_put(_pair_keys(k_recompute, self.num_pairs, self.recompute_batches), pairs)
+            batches = _stacked(family, rngs, self.recompute_split, self.recompute_batches)
+            keys = _pair_keys(k_recompute, self.num_pairs, self.recompute_batches)
             return programs.recompute(cfgs, carry, batches, keys), pert_keys, length
         if self.loss_type == "avg":
             return loss_sum / length, pert_keys, length
@@ -270,7 +294,7 @@ def _programs(es: FullES, family: TaskFamily, mesh: Mesh, antithetic: bool) -> _
         shardings = tuple(NamedSharding(mesh, spec) for spec in in_specs)
 
         def call(*args):  # places host or single-device inputs on the mesh (no-op if there)
-            return compiled(*(jax.device_put(a, s) for a, s in zip(args, shardings)))
+            return compiled(*(place(a, s) for a, s in zip(args, shardings)))
 
         return call
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,13 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import tasks
 from meta_train import checkpointing, estimators
 from meta_train.config import MetaTrainConfig, Phase
+from meta_train.estimators import to_host
 from meta_train.learned_optimizer import VeLONetwork
 from tasks import phases as task_phases
 from tasks.base import TaskFamily, with_batch_size
@@ -120,12 +124,12 @@ def outer_step(config: MetaTrainConfig, state: TrainState, mesh=None) -> tuple[T
     out = {
         "step": step + 1,
         "meta_loss": float(np.mean(losses)) if losses else float("nan"),
-        "grad_norm": float(grad_norm),
-        "theta_norm": float(optax.tree.norm(theta)),
+        "grad_norm": float(to_host(grad_norm)),
+        "theta_norm": float(to_host(optax.tree.norm(theta))),
         "inner_steps": int(sum(m["inner_steps"] for m in metrics)),
         "length": int(np.mean([m["length"] for m in metrics])),
         "nonfinite_pairs": int(sum(m["nonfinite_pairs"] for m in metrics)),
-        "skipped_updates": int(opt_state.total_notfinite),
+        "skipped_updates": int(to_host(opt_state.total_notfinite)),
         "family": family_at(config, step, 0).name,
     }
     return TrainState(theta=theta, opt_state=opt_state, step=np.int64(step + 1)), out
@@ -153,30 +157,37 @@ def train(
 ) -> dict[str, Any]:
     """Run (or resume) `config` in `workdir`: checkpoints, metrics.jsonl, meta_loss.png,
     theta/ (the final θ in `velojax.optimizer.load_weights` format), summary.json.
-    `stop_after` stops after that many outer steps of this call (for tests)."""
+    `stop_after` stops after that many outer steps of this call (for tests).
+
+    With several processes (`jax.distributed`), every process runs this with the same
+    arguments and a shared `workdir`; process 0 writes the metrics, plot and θ."""
     workdir = Path(workdir)
+    lead = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
-    _check_config(config, workdir)
+    _check_config(config, workdir, write=lead)
+    mesh = estimators.default_mesh(config.num_pairs)
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     fresh = init_state(config, init_theta)
+    fresh = TrainState(estimators.place(dict(fresh), NamedSharding(mesh, P())), step=fresh["step"])
     state = ckpt.restore_latest(fresh) or fresh
     start = int(state["step"])
     metrics_path = workdir / "metrics.jsonl"
     rows = _read_metrics(metrics_path, upto=start)
-    _write_metrics(metrics_path, rows)  # drop rows past the checkpoint (a killed run's)
+    if lead:
+        _write_metrics(metrics_path, rows)  # drop rows past the checkpoint (a killed run's)
 
     eval_key = jax.random.PRNGKey(config.seed + 2)
     summary_path = workdir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() and start > 0 else {}
-    if "eval_before" not in summary:
+    if "eval_before" not in summary and config.eval_pairs:
         summary["eval_before"] = evaluate(config, fresh["theta"], eval_key)
 
     total = config.total_steps
-    bar = _progress(total, start, progress)
+    bar = _progress(total, start, progress and lead)
     t0, done_steps, inner = time.perf_counter(), 0, 0
-    with metrics_path.open("a") as log:
+    with open(metrics_path if lead else os.devnull, "a") as log:
         while int(state["step"]) < total and (stop_after is None or done_steps < stop_after):
-            state, row = outer_step(config, state)
+            state, row = outer_step(config, state, mesh)
             done_steps += 1
             inner += row["inner_steps"]
             row["elapsed_s"] = round(time.perf_counter() - t0, 3)
@@ -194,15 +205,18 @@ def train(
     if int(state["step"]) >= total:
         from velojax.checkpoint import save_weights
 
-        save_weights(workdir / "theta", state["theta"], gen_id=config.name, step=total)
-        summary["eval_after"] = evaluate(config, state["theta"], eval_key)
+        if config.eval_pairs:
+            summary["eval_after"] = evaluate(config, state["theta"], eval_key)
         summary["steps"] = total
-        _plot(rows, workdir / "meta_loss.png", config.name)
-    summary_path.write_text(json.dumps(summary, indent=1))
+        if lead:
+            save_weights(workdir / "theta", jax.tree.map(to_host, state["theta"]), gen_id=config.name, step=total)
+            _plot(rows, workdir / "meta_loss.png", config.name)
+    if lead:
+        summary_path.write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def _check_config(config: MetaTrainConfig, workdir: Path) -> None:
+def _check_config(config: MetaTrainConfig, workdir: Path, write: bool = True) -> None:
     path = workdir / "config.json"
     if path.is_file():
         saved = MetaTrainConfig.from_json(path.read_text())
@@ -211,7 +225,7 @@ def _check_config(config: MetaTrainConfig, workdir: Path) -> None:
                 f"{workdir} holds a run of a different config ({saved.name}); use another --workdir "
                 f"or the same config and overrides (saved: {path})"
             )
-    else:
+    elif write:
         path.write_text(config.to_json())
 
 

@@ -4,7 +4,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from meta_train.config import MetaTrainConfig, Phase
+from meta_train import configs
 from meta_train.estimators import FullES
 from meta_train.learned_optimizer import VeLONetwork
 from tasks.families.quadratic import Quadratic
@@ -32,16 +32,8 @@ class SometimesNaN(Quadratic):
         return jnp.log1p(loss)
 
 
-TINY_RUN = MetaTrainConfig(
-    name="test_tiny",
-    phases=(Phase(steps=4, min_length=10, max_length=20, tasks=("ImageMLP_FashionMnist8_Relu32",), batch_size=8),),
-    lstm_hidden_size=8,
-    param_inits=2,
-    num_pairs=2,
-    chunk=5,
-    recompute_batches=2,
-    meta_lr=1e-2,
-    checkpoint_every=1,
-    eval_pairs=2,
-    eval_length=10,
-)
+# A seconds-long tiny_cpu: the CLI runs it with these overrides (plus eval_pairs=0).
+TINY_OVERRIDES = ["steps=4", "min_length=10", "max_length=20", "num_pairs=2", "chunk=5", "recompute_batches=2",
+                  "lstm_hidden_size=8", "param_inits=2", "checkpoint_every=1", "eval_pairs=2", "eval_length=10",
+                  "batch_size=8", "meta_lr=1e-2"]  # fmt: skip
+TINY_RUN = configs.get("tiny_cpu").with_overrides(TINY_OVERRIDES)

@@ -14,7 +14,7 @@ import pytest
 from meta_train import checkpointing, configs, train
 from meta_train.config import MetaTrainConfig, Phase
 from tests.conftest import REPO
-from tests.meta_train.helpers import TINY_RUN
+from tests.meta_train.helpers import TINY_OVERRIDES, TINY_RUN
 from velojax.checkpoint import load_weights
 
 
@@ -53,17 +53,33 @@ def test_meta_optimizer_clips_accumulates_and_skips_nonfinite():
     assert np.all(np.asarray(upd["w"]) == 0) and int(state.total_notfinite) == 1
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    whole = train.train(TINY_RUN, tmp_path / "whole", progress=False)
-    train.train(TINY_RUN, tmp_path / "split", progress=False, stop_after=3)
-    assert checkpointing.Checkpointer(tmp_path / "split" / "checkpoints").latest_step() == 3
-    split = train.train(TINY_RUN, tmp_path / "split", progress=False)
-    assert whole == split and np.isfinite(whole["eval_after"])
-    a, b = (load_weights(tmp_path / d / "theta", TINY_RUN.network()) for d in ("whole", "split"))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(x, y)
-    rows = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
-    assert len(rows) == 4 and (tmp_path / "whole" / "meta_loss.png").stat().st_size > 1000
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory) -> tuple[dict, dict]:
+    """(summary, θ) of an uninterrupted TINY_RUN in this process (2 forced devices)."""
+    workdir = tmp_path_factory.mktemp("whole")
+    with jax.numpy_dtype_promotion("standard"):
+        summary = train.train(TINY_RUN, workdir, progress=False)
+    assert (workdir / "meta_loss.png").stat().st_size > 1000
+    return summary, load_weights(workdir / "theta", TINY_RUN.network())
+
+
+def _assert_same(theta, workdir: Path, exact: bool = True):
+    other = load_weights(workdir / "theta", TINY_RUN.network())
+    for x, y in zip(jax.tree.leaves(theta), jax.tree.leaves(other)):
+        if exact:
+            np.testing.assert_array_equal(x, y)
+        else:
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, whole_run):
+    train.train(TINY_RUN, tmp_path, progress=False, stop_after=3)
+    assert checkpointing.Checkpointer(tmp_path / "checkpoints").latest_step() == 3
+    split = train.train(TINY_RUN, tmp_path, progress=False)
+    summary, theta = whole_run
+    assert split == summary and np.isfinite(summary["eval_after"])
+    _assert_same(theta, tmp_path)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4
 
 
 def test_another_config_in_the_same_workdir_is_refused(tmp_path):
@@ -83,28 +99,56 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def _cli(workdir: Path) -> list[str]:
-    overrides = ["steps=6", "min_length=10", "max_length=20", "num_pairs=2", "chunk=5", "recompute_batches=2",
-                 "lstm_hidden_size=8", "param_inits=2", "checkpoint_every=1", "eval_pairs=2", "eval_length=10",
-                 "batch_size=8"]  # fmt: skip
     command = [sys.executable, "-m", "meta_train", "--config", "tiny_cpu", "--workdir", str(workdir), "--no-progress"]
-    return command + overrides
+    return command + TINY_OVERRIDES + ["eval_pairs=0"]  # evaluation does not change θ
 
 
-def test_sigkilled_run_resumes_bit_identically(tmp_path):
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"), JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
-    subprocess.run(_cli(tmp_path / "whole"), env=env, cwd=REPO, check=True, capture_output=True, timeout=600)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(killed), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_sigkilled_run_resumes_bit_identically(tmp_path, whole_run):
+    env = dict(_subprocess_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")  # this process's mesh
+    proc = subprocess.Popen(_cli(tmp_path), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "2").exists() and proc.poll() is None and time.time() < deadline:
+    while not (tmp_path / "checkpoints" / "1").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(random.Random(0).uniform(0.0, 1.0))  # somewhere in later steps (or a save)
+    time.sleep(random.Random(0).uniform(0.0, 0.2))  # somewhere in a later step (or a save)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = subprocess.run(_cli(killed), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL and not (tmp_path / "theta").exists()  # it was cut short
+    done = subprocess.run(_cli(tmp_path), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    config = configs.get("tiny_cpu").with_overrides(["lstm_hidden_size=8", "param_inits=2"]).network()
-    a, b = (load_weights(tmp_path / d / "theta", config) for d in ("whole", "killed"))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(x, y)
+    _assert_same(whole_run[1], tmp_path)
+
+
+def _subprocess_env() -> dict:
+    """The CLI's processes share the tests' compilation cache, small programs included."""
+    cache = dict(JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    return dict(os.environ, JAX_PLATFORMS="cpu", **cache)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_make_the_one_process_update(tmp_path, whole_run):
+    """Two processes on 127.0.0.1 (1 CPU device each) form one 2-device mesh; their θ
+    equals that of this process with 2 devices (up to summation order)."""
+    port, env = _free_port(), dict(_subprocess_env(), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    cluster = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    procs = [
+        subprocess.Popen(
+            _cli(tmp_path) + cluster + ["--process-id", str(i)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    assert "2 device(s) in 2 process(es)" in outs[0]
+    _assert_same(whole_run[1], tmp_path, exact=False)
