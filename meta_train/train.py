@@ -163,6 +163,11 @@ def train(
     arguments and a shared `workdir`; process 0 writes the metrics, plot and θ."""
     workdir = Path(workdir)
     lead = jax.process_index() == 0
+    if jax.process_count() > 1:  # every process must own a share of every program's pairs
+        for name in ("num_pairs", "eval_pairs"):
+            if getattr(config, name) % jax.device_count():
+                raise ValueError(f"{name}={getattr(config, name)} must be a multiple of the {jax.device_count()} "
+                                 f"devices of the {jax.process_count()} processes")  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
     _check_config(config, workdir, write=lead)
     mesh = estimators.default_mesh(config.num_pairs)

@@ -16,7 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 jax.config.update("jax_compilation_cache_dir", str(REPO / ".jax_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# Every program: tests (and the CLI processes some tests start) often compile the same ones.
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 # Our code must not rely on implicit promotion; tests that run optax's own transforms
 # (which do) opt out with @jax.numpy_dtype_promotion("standard").
 jax.config.update("jax_numpy_dtype_promotion", "strict")
