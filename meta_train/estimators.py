@@ -180,9 +180,10 @@ class FullES:
             batches = _stacked(family, rngs, "train", self.chunk)
             keys = _pair_keys(jax.random.fold_in(k_loss, c), self.num_pairs, self.chunk)
             carry, losses = programs.chunk(theta, pert_keys, cfgs, carry, batches, keys)
-            chunk_sum = losses.sum(axis=-1)
-            loss_sum = chunk_sum if loss_sum is None else loss_sum + chunk_sum
-            last = losses[..., -1]
+            if self.loss_type == "avg":  # (the per-step losses are otherwise not needed)
+                loss_sum = losses.sum(axis=-1) if loss_sum is None else loss_sum + losses.sum(axis=-1)
+            elif self.loss_type == "last":
+                last = losses[..., -1]
         if self.loss_type == "last_recompute":
             batches = _stacked(family, rngs, self.recompute_split, self.recompute_batches)
             keys = _pair_keys(k_recompute, self.num_pairs, self.recompute_batches)

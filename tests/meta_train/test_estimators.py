@@ -140,3 +140,15 @@ def test_eight_devices_give_the_one_device_estimate():
     flat = functools.partial(np.concatenate)
     np.testing.assert_allclose(flat([np.asarray(x) for x in eight["grad"]]), flat([np.asarray(x) for x in one["grad"]]),
                                rtol=1e-4, atol=1e-3)  # fmt: skip
+
+
+def test_loss_types_measure_different_things():
+    """avg (mean training loss along the rollout), last (the final training loss) and
+    last_recompute (the final weights on fresh batches) are three different numbers."""
+    theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
+    losses = {
+        t: small_es(loss_type=t, sign_delta=None).estimate(theta, jax.random.PRNGKey(5), QUADRATIC)[1]["meta_loss"]
+        for t in ("avg", "last", "last_recompute")
+    }
+    assert all(np.isfinite(v) for v in losses.values()), losses
+    assert len(set(losses.values())) == 3, losses
