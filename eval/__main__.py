@@ -1,1 +1,17 @@
-raise SystemExit("python -m eval: the evaluation suite is not built yet (see the project issues).")
+"""python -m eval: evaluate an optimizer on a suite against LR-tuned Adam, or run the demo.
+
+    python -m eval --optimizer velo --weights PATH --suite velodrome83 --out DIR
+    python -m eval --optimizer adam --suite tiny --out DIR --steps 200
+    python -m eval demo [--out runs/demo]     # meta-train tiny_cpu, evaluate on `tiny`, report
+
+Run `python -m eval --help` for the options.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from eval.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,134 @@
+"""Command line of `python -m eval` (see eval/__main__.py and docs/eval.md)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from pathlib import Path
+
+from eval import baselines as baselines_lib
+from eval import optimizers, report, runner, suites
+
+DEFAULT_COMPETITORS = ("adamw_cosine", "lion", "sgd_momentum")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
+    p.add_argument(
+        "--optimizer", default="velo", help="velo, or an optax alias / adamw_cosine / sgd_momentum / adam_ref"
+    )
+    p.add_argument(
+        "--weights", help="velo's weights: a file, its directory, or a meta_train workdir (default: pretrained)"
+    )
+    p.add_argument("--grid", type=_floats, help="learning rates to tune a non-velo --optimizer over")
+    p.add_argument("--suite", default="tiny", help=f"one of {', '.join(suites.names())}, or SUITE/FAMILY")
+    p.add_argument("--out", required=True, type=Path, help="output directory (results, baselines, report)")
+    p.add_argument("--steps", type=int, help="train every task this many steps (default: the suite's, 10k)")
+    p.add_argument("--tasks", type=_names, help="comma-separated task names (a subset of the suite)")
+    p.add_argument("--families", type=_names, help="comma-separated families (a subset of the suite)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per optimizer run (vmapped)")
+    p.add_argument("--eval-every", type=int, default=10, help="log the loss every N steps (reference: 10)")
+    p.add_argument("--batch-size", type=int, help="override every task's batch size (smoke tests)")
+    p.add_argument(
+        "--competitors",
+        type=_names,
+        default=list(DEFAULT_COMPETITORS),
+        help="tuned hand-designed optimizers to run too ('none' for none)",
+    )
+    p.add_argument("--competitor-grid", type=_floats, default=optimizers.COMPETITOR_LRS)
+    p.add_argument(
+        "--baselines",
+        default="compute",
+        help="'compute' (Adam sweep, cached in OUT/baselines) or a reference file "
+        "(speedup_over_adam.npz / speedup_over_multiple_baselines.json); tasks it lacks are computed",
+    )
+    p.add_argument("--baseline-lrs", type=_floats, default=optimizers.REFERENCE_LRS)
+    p.add_argument("--baseline-seeds", type=int, default=5)
+    p.add_argument("--baseline-steps", type=int, help="Adam sweep length (default: 10x the task steps, as 100k/10k)")
+    p.add_argument("--mock-data", action="store_true", help="tfds datasets replaced by random mock data (smoke tests)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _specs(args) -> list:
+    main = optimizers.parse(args.optimizer, weights=args.weights, grid=args.grid)
+    competitors = [] if args.competitors == ["none"] else args.competitors
+    specs = [main] + [optimizers.OptaxSpec(c, tuple(args.competitor_grid)) for c in competitors if c != main.label]
+    return specs
+
+
+@contextlib.contextmanager
+def _mock(enabled: bool):
+    if not enabled:
+        yield
+        return
+    import tensorflow_datasets as tfds
+
+    from tasks import data
+
+    data.load.cache_clear()
+    try:
+        with tfds.testing.mock_data(num_examples=200):
+            yield
+    finally:
+        data.load.cache_clear()
+
+
+def evaluate(args, notes: list[str] | None = None) -> Path:
+    entries = suites.select(suites.get(args.suite), tasks_=args.tasks, families=args.families, steps=args.steps)
+    suites.check_resolves(entries)
+    steps = {e.steps for e in entries}
+    baseline_steps = args.baseline_steps or 10 * max(steps)
+    settings = baselines_lib.BaselineSettings(
+        lrs=tuple(args.baseline_lrs),
+        seeds=args.baseline_seeds,
+        steps=baseline_steps,
+        eval_every=min(args.eval_every, baseline_steps),
+    )
+    reference = {} if args.baselines == "compute" else baselines_lib.load_reference(args.baselines)
+    store = baselines_lib.BaselineStore(args.out / "baselines", settings, reference)
+    eval_settings = runner.EvalSettings(seeds=args.seeds, eval_every=args.eval_every, batch_size=args.batch_size)
+    specs = _specs(args)
+    start = time.time()
+    with _mock(args.mock_data):
+        results = runner.run_suite(entries, specs, args.out, store, eval_settings, progress=not args.no_progress)
+        used = {}
+        for e in entries:
+            with contextlib.suppress(Exception):  # the report draws what exists
+                if e.task in reference or store.path(e.task).is_file():
+                    used[e.task] = reference.get(e.task) or baselines_lib.Baseline.load(store.path(e.task))
+    notes = list(notes or []) + [
+        f"suite {args.suite}: {len(entries)} tasks, {', '.join(map(str, sorted(steps)))} steps; "
+        f"optimizers: {', '.join(s.label for s in specs)}",
+        f"Adam baselines: {'reference file ' + args.baselines if reference else 'computed here'}"
+        f" ({len(settings.lrs)} LRs x {settings.seeds} seeds x {settings.steps} steps where computed)",
+        f"evaluation time this run: {time.time() - start:.0f} s" + (" (mock data)" if args.mock_data else ""),
+    ]
+    path = report.write(results, args.out, used, title=f"{specs[0].label} on {args.suite}", notes=notes)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "demo":
+        from eval import demo
+
+        return demo.main(argv[1:])
+    args = parser().parse_args(argv)
+    try:
+        path = evaluate(args)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"python -m eval: {err}") from None
+    print(f"report: {path}")
+    return 0

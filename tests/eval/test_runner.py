@@ -1,0 +1,127 @@
+"""Training curves, baselines (cached, atomic), the resumable runner, the report and the CLI."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import tasks
+from eval import baselines, cli, optimizers, report, runner, suites, training
+from velojax import VeLOConfig, hand_designed_meta_params, save_weights
+
+TASK = "ImageMLP_FashionMnist8_Relu32"
+TINY_BASELINE = baselines.BaselineSettings(lrs=(1e-3, 3e-2), seeds=2, steps=40, eval_every=10)
+
+
+@pytest.fixture(scope="module")
+def family():
+    return tasks.base.with_batch_size(tasks.get(TASK), 16)
+
+
+def test_train_curves_log_steps_and_match_across_layouts(family):
+    spec = optimizers.OptaxSpec("sgd", (0.1, 0.3, 1e-9))
+    settings = training.RunSettings(steps=25, seeds=2, eval_every=10, eval_batches=2, final_eval_batches=3)
+    both = training.train_curves(family, spec, spec.grid, settings)  # hyperparameters split over 2 devices
+    one = training.train_curves(family, spec, spec.grid, settings, devices=jax.devices()[:1])
+    np.testing.assert_array_equal(both.steps, [0, 10, 20, 25])
+    assert both.loss.shape == (3, 2, 4)
+    np.testing.assert_allclose(both.loss, one.loss, rtol=1e-5)
+    # a learning rate of 1e-9 barely moves; the seeds differ (own init and data)
+    np.testing.assert_allclose(both.loss[2, :, -1], both.loss[2, :, 0], rtol=1e-3, atol=2e-2)
+    assert both.loss[0, 0, 0] != both.loss[0, 1, 0]
+    assert np.all(both.final[:2] < both.loss[:2, :, 0].mean(axis=1))
+    with pytest.raises(ValueError, match="steps"):
+        training.RunSettings(steps=0)
+
+
+def test_baseline_store_computes_once_and_round_trips(family, tmp_path, monkeypatch):
+    store = baselines.BaselineStore(tmp_path, TINY_BASELINE)
+    b = store.get(TASK, family)
+    assert b.source == "computed:adam_ref" and b.curves.shape == (2, 5) and b.envelope.steps.size == 512
+    assert np.all(np.diff(b.envelope.loss) <= 0) and b.envelope.max_steps == 40
+    assert [p.name for p in tmp_path.iterdir()] == [store.path(TASK).name]  # no temporary left
+    monkeypatch.setattr(baselines, "compute", lambda *a, **k: pytest.fail("recomputed a cached baseline"))
+    again = store.get(TASK, family)
+    np.testing.assert_array_equal(again.envelope.loss, b.envelope.loss)
+    np.testing.assert_array_equal(again.curves, b.curves)
+    other = baselines.BaselineStore(tmp_path, baselines.BaselineSettings(lrs=(1e-3,), seeds=1, steps=40))
+    assert other.path(TASK) != store.path(TASK)  # other settings, other file
+    store.path(TASK).write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable baseline"):
+        store.get(TASK, family)
+
+
+def test_runner_resumes_skips_missing_data_and_reports(family, tmp_path, monkeypatch):
+    theta_dir = tmp_path / "theta"
+    save_weights(theta_dir, hand_designed_meta_params(VeLOConfig.small(8, 2)))
+    velo = optimizers.velo(theta_dir)
+    assert velo == optimizers.velo(theta_dir) and hash(velo) == hash(optimizers.velo(theta_dir))
+    specs = [velo, optimizers.OptaxSpec("adam", (1e-2,))]
+    entries = (suites.SuiteEntry(TASK, steps=20), suites.SuiteEntry("Conv_Cifar10_32x64x64", steps=20))
+    store = baselines.BaselineStore(tmp_path / "baselines", TINY_BASELINE)
+    settings = runner.EvalSettings(eval_every=10, eval_batches=2, final_eval_batches=2, batch_size=16)
+    out = tmp_path / "out"
+    results = runner.run_suite(entries, specs, out, store, settings, progress=False)
+    for label in ("velo", "adam"):
+        ok = results[label][TASK]
+        assert ok["status"] == "ok" and np.isfinite(ok["final_loss"])
+        env = store.get(TASK, family).envelope
+        np.testing.assert_allclose(ok["speedup"], env.steps_to_reach(ok["final_loss"]) / 20)
+        assert ok["curve"]["steps"] == [0, 10, 20]
+        skipped = results[label]["Conv_Cifar10_32x64x64"]  # CIFAR-10 is not prepared offline
+        assert skipped["status"] == "skipped" and skipped["reason"].startswith("dataset not available")
+    assert results["adam"][TASK]["final_loss"] < results["adam"][TASK]["curve"]["loss"][0]
+
+    monkeypatch.setattr(runner, "train_curves", lambda *a, **k: pytest.fail("reran a finished task"))
+    again = runner.run_suite(entries, specs, out, store, settings, progress=False)
+    assert again == results == runner.load_results(out)
+
+    md = report.write(results, tmp_path / "report", {TASK: store.get(TASK, family)}, samples=200)
+    text = md.read_text()
+    assert "Conv_Cifar10_32x64x64: skipped: dataset not available" in text
+    assert (tmp_path / "report" / "speedup_vs_fraction.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "curves" / f"{TASK}.png").is_file()
+    assert "<table>" in (tmp_path / "report" / "report.html").read_text()
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["families"]["adam"]["all"]["n"] == 1
+
+
+def test_cli_on_reference_baselines_and_mock_data(tmp_path, capsys):
+    """The velodrome83 path end to end on a few tasks: tfds mock data, the reference's
+    published envelopes as baselines (skipped when ../shared is absent)."""
+    from tests.eval.test_metric import VELODROME
+
+    ref = VELODROME / "speedup_over_multiple_baselines.json"
+    if not ref.is_file():
+        pytest.skip("no reference baselines file")
+    two = "ImageMLP_Cifar10_8_Relu32,Conv_Cifar10_32x64x64"
+    argv = [
+        "--optimizer=adam",
+        "--grid=1e-3",
+        "--suite=velodrome83",
+        f"--tasks={two}",
+        f"--out={tmp_path}",
+        "--steps=5",
+        "--eval-every=5",
+        "--batch-size=4",
+        "--competitors=none",
+        f"--baselines={ref}",
+        "--mock-data",
+        "--no-progress",
+    ]
+    assert cli.main(argv) == 0
+    assert "report:" in capsys.readouterr().out
+    res = runner.load_results(tmp_path)["adam"]
+    assert {r["status"] for r in res.values()} == {"ok"}
+    assert {r["baseline_source"] for r in res.values()} == {"reference:speedup_over_multiple_baselines.json"}
+    assert not (tmp_path / "baselines").exists()  # nothing computed
+
+
+def test_cli_errors_are_clear(tmp_path):
+    with pytest.raises(SystemExit, match="unknown suite"):
+        cli.main(["--suite=nope", f"--out={tmp_path}"])
+    with pytest.raises(SystemExit, match="unknown optimizer"):
+        cli.main(["--optimizer=adamm", f"--out={tmp_path}"])
+    with pytest.raises(SystemExit, match="no VeLO weights"):
+        cli.main(["--optimizer=velo", f"--weights={tmp_path}/none", f"--out={tmp_path}"])
