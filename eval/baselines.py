@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from eval import envelope as envelope_lib
 from eval import optimizers
 from eval.training import RunSettings, train_curves
 from tasks.base import TaskFamily
+from velojax.files import write_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,7 @@ class BaselineSettings:
     eval_batches: int = 5
     final_eval_batches: int = 10
     num_points: int = envelope_lib.NUM_POINTS
+    ema_fraction: float = envelope_lib.EMA_FRACTION  # EMA 0.95 per this fraction of the sweep
     optimizer: str = "adam_ref"
     seed: int = 0
 
@@ -74,20 +75,14 @@ class Baseline:
         return int(np.argmin(final))
 
     def save(self, path: Path, settings: BaselineSettings | None = None) -> None:
-        """Atomically (temporary file, then rename)."""
+        """Atomically (`velojax.files.write_atomic`)."""
         meta = {"task": self.task, "source": self.source, "settings": settings and dataclasses.asdict(settings)}
         arrays = {"steps": self.envelope.steps, "envelope": self.envelope.loss, "meta": np.array(json.dumps(meta))}
         if self.curves is not None:
             arrays |= {"curve_steps": self.curve_steps, "curves": self.curves, "lrs": self.lrs}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_atomic(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> Baseline:
@@ -106,7 +101,7 @@ def compute(task: str, family: TaskFamily, settings: BaselineSettings, devices=N
     spec = optimizers.OptaxSpec(settings.optimizer, tuple(settings.lrs))
     curves = train_curves(family, spec, settings.lrs, settings.run_settings(), seed=settings.seed, devices=devices)
     mean = curves.mean_over_seeds()
-    env = envelope_lib.adam_envelope(curves.steps, mean, settings.num_points)
+    env = envelope_lib.adam_envelope(curves.steps, mean, settings.num_points, settings.ema_fraction * settings.steps)
     return Baseline(task, env, f"computed:{settings.optimizer}", curves.steps, mean, np.asarray(settings.lrs))
 
 

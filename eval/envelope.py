@@ -1,13 +1,13 @@
 """The "steps relative to LR-tuned Adam" metric (reference spec §6.3), in numpy.
 
 An Adam sweep gives, per learning rate, a seed-averaged loss curve sampled at `steps`.
-`adam_envelope` smooths each curve (the reference's EMA 0.95 per logged point, logged
-every 10 steps; for other spacings the decay is 0.95 per 10 steps, so the smoothing spans
-the same number of steps), takes the per-step minimum over learning
-rates, resamples it onto `num_points` evenly spaced steps and makes it non-increasing:
-E(s). `steps_to_reach(E, L)` inverts it (the step at which E first reaches L, linearly
-interpolated; clamped to the sweep's length below min E, 0 above E(0) or for non-finite
-L) and `speedup` divides that by the optimizer's step count.
+`adam_envelope` smooths each curve with an EMA (the reference: 0.95 per logged point,
+logged every 10 steps of a 100k-step sweep; here 0.95 per `ema_steps` steps, by default
+1/10,000 of the sweep, so a short sweep is smoothed over the same fraction of it), takes
+the per-step minimum over learning rates, resamples it onto `num_points` evenly spaced
+steps and makes it non-increasing: E(s). `steps_to_reach(E, L)` inverts it (the step at
+which E first reaches L, linearly interpolated; the sweep's length below min E, 0 above
+E(0) or for a non-finite L) and `speedup` divides that by the optimizer's step count.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import dataclasses
 import numpy as np
 
 EMA_DECAY = 0.95
-EMA_DECAY_STEPS = 10  # the reference logs every 10 steps: EMA_DECAY per 10 steps
+# The reference logs every 10 steps of 100k: EMA_DECAY per 1/10,000 of the sweep.
+EMA_FRACTION = 1e-4
 NUM_POINTS = 512
 
 
@@ -58,15 +59,19 @@ def ema(curve: np.ndarray, decay=EMA_DECAY) -> np.ndarray:
     return out
 
 
-def adam_envelope(steps: np.ndarray, curves: np.ndarray, num_points: int = NUM_POINTS) -> Envelope:
+def adam_envelope(
+    steps: np.ndarray, curves: np.ndarray, num_points: int = NUM_POINTS, ema_steps: float | None = None
+) -> Envelope:
     """Envelope of seed-averaged curves [num_lrs, len(steps)] sampled at `steps`
-    (non-finite points ignored; a learning rate that diverged drops out where it did)."""
+    (non-finite points ignored; a learning rate that diverged drops out where it did).
+    The EMA decays by 0.95 per `ema_steps` steps (default: EMA_FRACTION of the sweep)."""
     steps = np.asarray(steps, np.float64)
     curves = np.asarray(curves, np.float64)
     if curves.ndim != 2 or curves.shape[1] != steps.shape[0]:
         raise ValueError(f"curves must be [num_lrs, {steps.shape[0]}], got {curves.shape}")
+    ema_steps = (steps[-1] - steps[0]) * EMA_FRACTION if ema_steps is None else ema_steps
     gaps = np.diff(steps, prepend=steps[0])
-    smooth = ema(np.where(np.isfinite(curves), curves, np.nan), EMA_DECAY ** (gaps / EMA_DECAY_STEPS))
+    smooth = ema(np.where(np.isfinite(curves), curves, np.nan), EMA_DECAY ** (gaps / max(ema_steps, 1e-12)))
     with np.errstate(all="ignore"):
         lower = np.nanmin(np.where(np.isnan(smooth), np.inf, smooth), axis=0)
     lower = np.where(np.isfinite(lower), lower, np.nan)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,12 +24,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import tasks
-from eval import envelope as envelope_lib
 from eval.baselines import Baseline, BaselineStore
 from eval.suites import SuiteEntry
 from eval.training import RunSettings, train_curves
 from tasks.base import with_batch_size
 from tasks.data import DatasetUnavailable
+from velojax.files import write_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +59,7 @@ def _fingerprint(spec, entry: SuiteEntry, settings: EvalSettings, baseline_key: 
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 def family_for(entry: SuiteEntry, settings: EvalSettings):
@@ -166,6 +160,3 @@ def load_results(out: str | Path) -> dict[str, dict[str, dict]]:
 def speedups(results: dict[str, dict]) -> dict[str, float]:
     """{task: speedup} of the finished (status ok) tasks."""
     return {t: r["speedup"] for t, r in results.items() if r.get("status") == "ok"}
-
-
-__all__ = ["EvalSettings", "envelope_lib", "evaluate_task", "load_results", "run_suite", "speedups"]

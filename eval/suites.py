@@ -107,13 +107,13 @@ NORMALIZER_SET = tuple(n for n in SMALL_TIME_FIXED if n not in _LOPT + _VIT) + _
 VELODROME83 = SMALL_TIME_FIXED + _NORMALIZER_EXTRA + ("MLPMixer_Cifar100_tiny16",)
 #: Offline (the Debian package's Fashion-MNIST), for CI and the demo: the MLP that
 #: `tiny_cpu` meta-trains on, a wider one on 28x28 images, the same MLP with a 1-pair ES
-#: gradient (noisy), and a learned optimizer as the task (meta-training an MLP-LOpt).
+#: gradient (noisy), and an MLP autoencoder (another loss and architecture).
 #: 200 steps: `tiny_cpu` meta-trains on runs of 50-200 steps.
 TINY = (
     SuiteEntry("ImageMLP_FashionMnist8_Relu32", steps=200),
     SuiteEntry("ImageMLP_FashionMnist_Relu128x128", steps=200),
     SuiteEntry("ESWrapped_1pair_ImageMLP_FashionMnist8_Relu32", steps=200),
-    SuiteEntry("LOpt_MLPLOpt_FahionMnist_10", steps=200),
+    SuiteEntry("ImageMLPAE_FashionMnist_128x32x128_bs128", steps=200),
 )
 
 _SUITES: dict[str, tuple[SuiteEntry, ...]] = {

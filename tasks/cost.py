@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from tasks.base import TaskFamily
+from velojax.files import write_atomic
 
 
 def batch_bytes(family: TaskFamily) -> int:
@@ -197,10 +198,7 @@ def calibrate(families: Sequence[TaskFamily] | None = None, num_tasks: int = 8, 
         seconds = [measure_step_seconds(f, num_tasks) for f in families]
     model = fit(families, seconds, num_tasks, device=f"this machine ({jax.devices()[0].device_kind}, calibrated)")
     if default and use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"machine": mid, "model": dataclasses.asdict(model)}))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"machine": mid, "model": dataclasses.asdict(model)}))
     return model
 
 

@@ -12,7 +12,6 @@ a plain tuple `(theta, "", 0)` as `{"0", "1", "2"}`; they are read too (they nee
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 from flax import serialization
 
 from velojax.config import VeLOConfig
+from velojax.files import write_atomic
 from velojax.meta_params import MetaParams, check_meta_params, config_from_meta_params
 
 PARAMS_FILENAME = "params"  # the file name inside an official checkpoint directory
@@ -111,19 +111,7 @@ def save_weights(path: str | os.PathLike, meta_params: MetaParams, *, gen_id: st
         "gen_id": gen_id,
         "step": int(step),
     }
-    data = serialization.msgpack_serialize(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, serialization.msgpack_serialize(state))
 
 
 def _named_leaves(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:

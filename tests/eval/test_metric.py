@@ -34,11 +34,11 @@ def test_steps_to_reach_interpolates_and_clamps():
 
 
 def test_envelope_of_synthetic_sweep():
-    # logged every 10 steps: the reference's EMA 0.95 per point
-    steps = np.arange(0, 101, 10)
+    # logged every 10 steps of 100k: the reference's EMA 0.95 per point
+    steps = np.arange(0, 100_001, 10)
     fast = np.where(steps < 50, 1.0 - steps / 100, 2.0)  # diverges after step 40
-    slow = 1.0 - steps / 200
-    env = envelope.adam_envelope(steps, np.stack([fast, slow]), num_points=11)
+    slow = 1.0 - steps / 200_000
+    env = envelope.adam_envelope(steps, np.stack([fast, slow]), num_points=steps.size)
     smooth_fast = envelope.ema(fast, 0.95)
     smooth_slow = envelope.ema(slow, 0.95)
     expect = np.minimum.accumulate(np.minimum(smooth_fast, smooth_slow))
@@ -49,11 +49,13 @@ def test_envelope_of_synthetic_sweep():
     np.testing.assert_allclose(env.loss[1], 0.95 + 0.05 * 0.9)
 
 
-def test_envelope_ignores_diverged_runs_and_keeps_smoothing_span():
-    steps = np.arange(0, 201, 20)  # every 20 steps: decay 0.95**2 per point
+def test_envelope_ignores_diverged_runs_and_scales_the_smoothing():
+    steps = np.arange(0, 201, 20)  # a 200-step sweep logged every 20: 0.95 per 0.02 steps by default
     good = np.linspace(1.0, 0.5, steps.size)
     bad = np.full(steps.size, np.nan)
     env = envelope.adam_envelope(steps, np.stack([good, bad]), num_points=steps.size)
+    np.testing.assert_allclose(env.loss, envelope.ema(good, 0.95**1000))
+    env = envelope.adam_envelope(steps, np.stack([good, bad]), num_points=steps.size, ema_steps=10)
     np.testing.assert_allclose(env.loss, envelope.ema(good, 0.95**2))
     with pytest.raises(ValueError, match="diverged"):
         envelope.adam_envelope(steps, np.stack([bad, bad]))

@@ -24,9 +24,8 @@ def test_subsets_and_errors():
     assert len(conv) == 7 and {e.family for e in conv} == {"image_conv"}
     sel = suites.select(suites.get("velodrome83"), families=["vit", "lopt"], steps=20)
     assert len(sel) == 7 and {e.steps for e in sel} == {20}
-    assert [e.task for e in suites.select(suites.get("tiny"), tasks_=["LOpt_MLPLOpt_FahionMnist_10"])] == [
-        "LOpt_MLPLOpt_FahionMnist_10"
-    ]
+    ae = "ImageMLPAE_FashionMnist_128x32x128_bs128"
+    assert [e.task for e in suites.select(suites.get("tiny"), tasks_=[ae])] == [ae]
     with pytest.raises(KeyError, match="unknown suite"):
         suites.get("velodrome84")
     with pytest.raises(KeyError, match="no family"):
