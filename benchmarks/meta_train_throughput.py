@@ -1,6 +1,7 @@
-"""FullES inner steps per second on a fixed small task, end to end.
+"""FullES and TruncatedPES inner steps per second on a fixed small task, end to end.
 
     python benchmarks/meta_train_throughput.py [--lengths 100,500] [--nets velo,small] [--repeats 3]
+        [--estimators full_es,pes] [--trunc 50]
 
 The work of the reference's figures (issue 4): 8 antithetic pairs (16 rollouts) of an
 MLP 32 on 8x8 images (Fashion-MNIST, the offline copy), batch 64, one rollout length L per
@@ -9,6 +10,11 @@ estimate, meta-loss recomputed over 10 batches; an estimate counts 8 x 2 x L inn
 compiles (its time is printed). The reference cannot run on current JAX, so there is no
 same-run baseline: its published 2-core figures are printed next to ours, and
 `x unroll` = ours / the top of its unroll-only range (the issue's target: >= 3).
+
+PES rows (L column "T50" = truncation of 50 steps): the same 8 pairs and task, episodes
+of LogUniform[100, 1000] steps that persist across estimates (resets happen inside the
+truncations), one estimate = 8 x 2 x 50 inner steps minus reset steps; the first call
+includes `init` and compilation. The reference published no PES figures.
 """
 
 from __future__ import annotations
@@ -34,10 +40,14 @@ def main() -> None:
     parser.add_argument("--lengths", default="100,500")
     parser.add_argument("--nets", default="small,velo")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--estimators", default="full_es,pes")
+    parser.add_argument("--trunc", type=int, default=50, help="PES truncation length")
     args = parser.parse_args()
+    estimators = args.estimators.split(",")
 
     from meta_train.estimators import FullES
     from meta_train.learned_optimizer import VeLONetwork
+    from meta_train.pes import TruncatedPES
     from tasks.families.image_mlp import ImageMLP
     from velojax.config import VELO, VeLOConfig
 
@@ -50,7 +60,7 @@ def main() -> None:
         for net in args.nets.split(","):
             lopt = VeLONetwork(nets[net])
             theta = lopt.init_theta(jax.random.PRNGKey(0))
-            for length in (int(x) for x in args.lengths.split(",")):
+            for length in (int(x) for x in args.lengths.split(",")) if "full_es" in estimators else ():
                 es = FullES(lopt, num_pairs=8, min_length=length, max_length=length, chunk=50, recompute_batches=10)
                 t = time.perf_counter()
                 jax.block_until_ready(es.estimate(theta, jax.random.PRNGKey(0), family)[0])
@@ -64,6 +74,25 @@ def main() -> None:
                 rate = sorted(rates)[len(rates) // 2]
                 ref, (lo, hi) = REFERENCE[(net, length)]
                 print(f"{net:6s} {length:5d} {first:14.1f} {rate:9.0f} {ref:8d} {f'{lo}-{hi}':>11s} {rate / hi:9.2f}")
+            if "pes" in estimators:
+                pes = TruncatedPES(lopt, num_pairs=8, trunc_length=args.trunc, chunk=args.trunc, min_length=100,
+                                   max_length=1000, sign_delta=1.0)  # fmt: skip
+                t = time.perf_counter()
+                state = pes.init(theta, jax.random.PRNGKey(0), family)
+                grad, state, _ = pes.estimate(theta, state, jax.random.PRNGKey(1), family, donate=True)
+                jax.block_until_ready(grad)
+                first = time.perf_counter() - t
+                rates = []
+                for r in range(args.repeats):
+                    t = time.perf_counter()
+                    grad, state, m = pes.estimate(theta, state, jax.random.PRNGKey(r + 2), family, donate=True)
+                    jax.block_until_ready(grad)
+                    rates.append(m["inner_steps"] / (time.perf_counter() - t))
+                rate = sorted(rates)[len(rates) // 2]
+                dash = "-"
+                print(
+                    f"{net:6s} {f'T{args.trunc}':>5s} {first:14.1f} {rate:9.0f} {dash:>8s} {dash:>11s} {dash:>9s} PES"
+                )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from meta_train import configs
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m meta_train",
-        description="Meta-train a VeLO-style learned optimizer with ES over full rollouts. "
+        description="Meta-train a VeLO-style learned optimizer with ES (FullES over full rollouts, or PES "
+        "over truncations: estimator=pes). "
         "Rerunning the same command resumes from the workdir's last checkpoint.",
     )
     parser.add_argument("--config", required=True, help=f"one of: {', '.join(configs.names())}")

@@ -8,6 +8,8 @@ from typing import Any
 
 from velojax.config import VELO, VeLOConfig
 
+ESTIMATORS = ("full_es", "pes")
+
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
@@ -43,11 +45,13 @@ class MetaTrainConfig:
     """Everything a meta-training run depends on (the run is a function of it).
 
     Network: VeLO's architecture at `lstm_hidden_size` x `param_inits` (512 x 256 is
-    VeLO). Estimator: FullES with `num_pairs` antithetic pairs per estimate and
-    `estimates_per_step` estimates averaged per outer step. Meta-optimizer (reference
-    spec §4.1): element-wise clip to ±`clip`, then Adam(`meta_lr`, eps_root) stepping every
-    `accumulate` outer steps on the mean of the clipped gradients; a non-finite gradient
-    is skipped (and counted), never applied."""
+    VeLO). Estimator: `estimator` = "full_es" (FullES, rollouts of the phase's lengths,
+    `loss_type`) or "pes" (TruncatedPES: persistent episodes of the phase's lengths,
+    `trunc_length` steps per estimate, average training loss), with `num_pairs`
+    antithetic pairs per estimate and `estimates_per_step` estimates averaged per outer
+    step. Meta-optimizer (reference spec §4.1): element-wise clip to ±`clip`, then
+    Adam(`meta_lr`, eps_root) stepping every `accumulate` outer steps on the mean of the
+    clipped gradients; a non-finite gradient is skipped (and counted), never applied."""
 
     name: str
     phases: tuple[Phase, ...]
@@ -60,6 +64,8 @@ class MetaTrainConfig:
     loss_type: str = "last_recompute"
     recompute_batches: int = 100
     sign_delta: float | None = 1.0
+    estimator: str = "full_es"
+    trunc_length: int = 50  # PES: inner steps per estimate (a multiple of chunk)
     meta_lr: float = 3e-4
     clip: float = 3.0
     accumulate: int = 1
@@ -77,6 +83,10 @@ class MetaTrainConfig:
         for name in ("num_pairs", "estimates_per_step", "accumulate", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.estimator == "pes" and (self.trunc_length < 1 or self.trunc_length % self.chunk):
+            raise ValueError(f"trunc_length ({self.trunc_length}) must be a positive multiple of chunk ({self.chunk})")
 
     @property
     def total_steps(self) -> int:

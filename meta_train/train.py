@@ -1,9 +1,14 @@
-"""The outer loop: curriculum, FullES estimates, meta-optimizer, checkpoints, metrics.
+"""The outer loop: curriculum, FullES or PES estimates, meta-optimizer, checkpoints, metrics.
 
 A run is a pure function of its config: the outer step t uses the key fold_in(seed, t),
 and the task pool of a phase is redrawn from (seed, phase, t // resample_every). So the
-checkpointed state is just (θ, meta-optimizer state, step), and a run restarted from a
+checkpointed state is just (θ, meta-optimizer state, step) — plus, with PES, the
+estimator's persistent inner runs and accumulators — and a run restarted from a
 checkpoint computes exactly what an uninterrupted run computes.
+
+With PES, estimate e of every outer step keeps one family of the pool for a whole
+resampling epoch (so that its inner runs can persist); its PES state is re-initialised
+(at the current θ) when the epoch or the phase changes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 import tasks
 from meta_train import checkpointing, estimators
+from meta_train import pes as pes_lib
 from meta_train.config import MetaTrainConfig, Phase
 from meta_train.estimators import to_host
 from meta_train.learned_optimizer import VeLONetwork
@@ -34,7 +40,8 @@ PyTree = Any
 
 
 class TrainState(dict):
-    """{"theta", "opt_state", "step"}: all a run needs to continue."""
+    """{"theta", "opt_state", "step"} and, with PES, "pes" (one `PESState` per estimate
+    of an outer step): all a run needs to continue."""
 
 
 @functools.lru_cache(maxsize=8)  # one object per config: it is a static argument of _apply
@@ -56,6 +63,20 @@ def estimator(config: MetaTrainConfig, phase: Phase) -> estimators.FullES:
         chunk=config.chunk,
         loss_type=config.loss_type,
         recompute_batches=config.recompute_batches,
+        sign_delta=config.sign_delta,
+    )
+
+
+def pes_estimator(config: MetaTrainConfig, phase: Phase) -> pes_lib.TruncatedPES:
+    """PES whose episodes have the phase's lengths (VeLO's num_steps per episode)."""
+    return pes_lib.TruncatedPES(
+        VeLONetwork(config.network()),
+        num_pairs=config.num_pairs,
+        std=config.std,
+        trunc_length=config.trunc_length,
+        chunk=config.chunk,
+        min_length=phase.min_length,
+        max_length=phase.max_length,
         sign_delta=config.sign_delta,
     )
 
@@ -85,10 +106,34 @@ def task_pool(config: MetaTrainConfig, phase_index: int, epoch: int) -> tuple[Ta
 
 
 def family_at(config: MetaTrainConfig, step: int, estimate: int = 0) -> TaskFamily:
+    """The family of estimate `estimate` of outer step `step`: drawn from the pool per step
+    with FullES, per resampling epoch with PES (whose inner runs persist)."""
     index, phase = config.phase_at(step)
     pool = task_pool(config, index, step // phase.resample_every)
-    pick = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), estimate)
+    if config.estimator == "pes":
+        pick = jax.random.PRNGKey(config.seed + 3)
+        for i in (*_pes_epoch(config, step), estimate):
+            pick = jax.random.fold_in(pick, i)
+    else:
+        pick = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), estimate)
     return pool[int(jax.random.randint(pick, (), 0, len(pool)))]
+
+
+def _pes_epoch(config: MetaTrainConfig, step: int) -> tuple[int, int]:
+    """(phase, resampling epoch) of `step`: PES states live as long as it does not change."""
+    index, phase = config.phase_at(step)
+    return index, step // phase.resample_every
+
+
+def init_pes(config: MetaTrainConfig, step: int, theta: PyTree, mesh=None) -> tuple[pes_lib.PESState, ...]:
+    """Fresh PES states (at θ) for the estimates of outer step `step`, from (seed, step)."""
+    _, phase = config.phase_at(step)
+    es = pes_estimator(config, phase)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 4), step)
+    return tuple(
+        es.init(theta, jax.random.fold_in(key, e), family_at(config, step, e), mesh)
+        for e in range(config.estimates_per_step)
+    )
 
 
 def _offline_datasets() -> dict[str, tuple[str, ...]]:
@@ -105,16 +150,27 @@ def _apply(tx, theta, opt_state, grad):
 
 
 def outer_step(config: MetaTrainConfig, state: TrainState, mesh=None) -> tuple[TrainState, dict[str, float]]:
-    """One outer step: `estimates_per_step` FullES estimates (each on its own family of
-    the phase's pool), averaged, then the meta-optimizer."""
+    """One outer step: `estimates_per_step` FullES or PES estimates (each on its own family
+    of the phase's pool), averaged, then the meta-optimizer. With PES, the buffers of
+    `state["pes"]` are reused for the new state (do not use `state` afterwards)."""
     step = int(state["step"])
     _, phase = config.phase_at(step)
-    es = estimator(config, phase)
+    use_pes = config.estimator == "pes"
+    es = pes_estimator(config, phase) if use_pes else estimator(config, phase)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
+    if use_pes:
+        pes_states = state.get("pes")
+        if pes_states is None or step == 0 or _pes_epoch(config, step) != _pes_epoch(config, step - 1):
+            pes_states = init_pes(config, step, state["theta"], mesh)
+        new_pes = []
     grads, metrics = [], []
     for e in range(config.estimates_per_step):
         family = family_at(config, step, e)
-        g, m = es.estimate(state["theta"], jax.random.fold_in(key, e), family, mesh)
+        if use_pes:
+            g, s, m = es.estimate(state["theta"], pes_states[e], jax.random.fold_in(key, e), family, mesh, donate=True)
+            new_pes.append(s)
+        else:
+            g, m = es.estimate(state["theta"], jax.random.fold_in(key, e), family, mesh)
         grads.append(g)
         metrics.append(m)
     grad = jax.tree.map(lambda *gs: sum(gs) / len(gs), *grads) if len(grads) > 1 else grads[0]
@@ -132,7 +188,11 @@ def outer_step(config: MetaTrainConfig, state: TrainState, mesh=None) -> tuple[T
         "skipped_updates": int(to_host(opt_state.total_notfinite)),
         "family": family_at(config, step, 0).name,
     }
-    return TrainState(theta=theta, opt_state=opt_state, step=np.int64(step + 1)), out
+    new = TrainState(theta=theta, opt_state=opt_state, step=np.int64(step + 1))
+    if use_pes:
+        new["pes"] = tuple(new_pes)
+        out["resets"] = int(sum(m["resets"] for m in metrics))
+    return new, out
 
 
 def evaluate(config: MetaTrainConfig, theta: PyTree, key: jax.Array, mesh=None) -> float:
@@ -174,7 +234,10 @@ def train(
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     fresh = init_state(config, init_theta)
     fresh = TrainState(estimators.place(dict(fresh), NamedSharding(mesh, P())), step=fresh["step"])
-    state = ckpt.restore_latest(fresh) or fresh
+    template, latest = fresh, ckpt.latest_step()
+    if config.estimator == "pes" and latest:  # the PES states of the families of step latest - 1
+        template = TrainState(fresh, pes=init_pes(config, latest - 1, fresh["theta"], mesh))
+    state = ckpt.restore_latest(template) or fresh
     start = int(state["step"])
     metrics_path = workdir / "metrics.jsonl"
     rows = _read_metrics(metrics_path, upto=start)
@@ -283,4 +346,4 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-__all__ = ["TrainState", "evaluate", "family_at", "init_state", "meta_optimizer", "outer_step", "train"]
+__all__ = ["TrainState", "evaluate", "family_at", "init_pes", "init_state", "meta_optimizer", "outer_step", "train"]

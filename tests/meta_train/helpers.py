@@ -1,7 +1,9 @@
 """Small meta-training problems for tests."""
 
 import dataclasses
+import math
 
+import jax
 import jax.numpy as jnp
 
 from meta_train import configs
@@ -32,8 +34,37 @@ class SometimesNaN(Quadratic):
         return jnp.log1p(loss)
 
 
+@dataclasses.dataclass(frozen=True)
+class SgdLopt:
+    """A two-parameter "learned optimizer" (same interface as VeLONetwork): SGD with
+    momentum, θ = {log learning rate, momentum logit}. Compiles in a blink, and the
+    inner training is differentiable in θ, so exact meta-gradients can be computed."""
+
+    lr: float = 0.05
+
+    def init_theta(self, key=None):
+        return {"log_lr": jnp.float32(math.log(self.lr)), "beta_logit": jnp.float32(0.0)}
+
+    def init(self, theta, params, num_steps):
+        return {"m": jax.tree.map(jnp.zeros_like, params), "num_steps": jnp.asarray(num_steps, jnp.int32)}
+
+    def update(self, theta, state, grads, params, loss):
+        lr, beta = jnp.exp(theta["log_lr"]), jax.nn.sigmoid(theta["beta_logit"])
+        m = jax.tree.map(lambda m, g: beta * m + g, state["m"], grads)
+        return jax.tree.map(lambda p, m: p - lr * m, params, m), {**state, "m": m}
+
+
+SGD = SgdLopt()
+
+
 # A seconds-long tiny_cpu: the CLI runs it with these overrides (plus eval_pairs=0).
 TINY_OVERRIDES = ["steps=4", "min_length=10", "max_length=20", "num_pairs=2", "chunk=5", "recompute_batches=2",
                   "lstm_hidden_size=8", "param_inits=2", "checkpoint_every=1", "eval_pairs=2", "eval_length=10",
                   "batch_size=8", "meta_lr=1e-2"]  # fmt: skip
 TINY_RUN = configs.get("tiny_cpu").with_overrides(TINY_OVERRIDES)
+# The same with PES: 10-step truncations of 10-20-step episodes, the pool redrawn after 3
+# steps (which re-initialises the PES state).
+TINY_PES_RUN = dataclasses.replace(
+    configs.get("tiny_cpu_pes").with_overrides(TINY_OVERRIDES + ["trunc_length=10", "eval_pairs=0"]),
+    phases=tuple(dataclasses.replace(p, resample_every=3) for p in TINY_RUN.phases),
+)
