@@ -48,8 +48,8 @@ def plot_speedups(results: dict[str, dict[str, dict]], path: Path, title: str) -
         s = np.sort(np.array(list(speedups(res).values()), np.float64))[::-1]
         if s.size == 0:
             continue
-        frac = (np.arange(s.size) + 0.5) / s.size
-        ax.step(frac, np.maximum(s, 1e-3), where="mid", label=f"{label} (median {np.median(s):.2f})")
+        edges = np.linspace(0.0, 1.0, s.size + 1)  # task k covers [k/n, (k+1)/n)
+        ax.stairs(np.maximum(s, 1e-3), edges, baseline=None, label=f"{label} (median {np.median(s):.2f})", lw=1.5)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_yscale("log")
     ax.set_xlim(0, 1)
@@ -83,6 +83,7 @@ def plot_curves(task: str, results: dict[str, dict[str, dict]], baseline: Baseli
     if steps:
         ax.axvline(steps, color="k", lw=0.5, ls=":")
     ax.set_xscale("symlog", linthresh=max(1, (steps or 10) // 10))
+    ax.set_xlim(left=0)
     ax.set_xlabel("step")
     ax.set_ylabel("train loss")
     ax.set_title(task, fontsize=9)
