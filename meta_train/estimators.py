@@ -254,10 +254,7 @@ def _programs(es: FullES, family: TaskFamily, mesh: Mesh, antithetic: bool) -> _
 
             return jax.lax.scan(step, c, (batches, keys))
 
-        if not antithetic:
-            return jax.vmap(run)(signs(theta, pert_key), carry)
-        sides, axes = lopt.antithetic(theta, perturbation(theta, pert_key, std))
-        return jax.vmap(run, in_axes=(axes, 0))(sides, carry)
+        return jax.vmap(run)(signs(theta, pert_key), carry)
 
     def chunk_local(theta, pert_keys, cfgs, carry, batches, keys):
         return jax.vmap(chunk_pair, in_axes=(None, 0, 0, 0, 0, 0))(theta, pert_keys, cfgs, carry, batches, keys)
