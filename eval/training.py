@@ -107,7 +107,7 @@ def train_curves(
     if tail:
         carry = progs.train(hp, carry, cfgs, _stack([family.stacked_batches(r, "train", tail) for r in rngs]), keys)
     if settings.steps % k == 0 and settings.final_eval_batches != settings.eval_batches or tail:
-        final = progs.evaluate(hp, carry, cfgs, eval_batches(settings.final_eval_batches), keys, 1)
+        final = _final_eval(progs, hp, carry, cfgs, keys, eval_batches, settings)
         if tail:
             logged.append(final)
         else:
@@ -115,6 +115,16 @@ def train_curves(
     loss = np.concatenate([np.asarray(jax.device_get(x), np.float64) for x in logged], axis=-1)
     loss = np.moveaxis(loss, 0, 1)[:num_h]  # [S, H, E] -> [H, S, E]
     return Curves(settings.eval_steps, loss, hparams)
+
+
+def _final_eval(progs, hp, carry, cfgs, keys, eval_batches, settings: RunSettings):
+    """The mean loss over `final_eval_batches`, in groups of `eval_batches` when they divide
+    it, so that the program compiled for the periodic evaluations is reused."""
+    e, f = settings.eval_batches, settings.final_eval_batches
+    if f % e:
+        return progs.evaluate(hp, carry, cfgs, eval_batches(f), keys, 1)
+    parts = [progs.evaluate(hp, carry, cfgs, eval_batches(e), keys, 1 + i) for i in range(f // e)]
+    return sum(parts) / len(parts)
 
 
 def _blocks(tree, nb: int):

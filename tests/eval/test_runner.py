@@ -125,3 +125,22 @@ def test_cli_errors_are_clear(tmp_path):
         cli.main(["--optimizer=adamm", f"--out={tmp_path}"])
     with pytest.raises(SystemExit, match="no VeLO weights"):
         cli.main(["--optimizer=velo", f"--weights={tmp_path}/none", f"--out={tmp_path}"])
+
+
+@pytest.mark.slow
+def test_velodrome83_end_to_end_on_mock_data(tmp_path):
+    """`python -m eval --suite velodrome83 --steps 20` on tfds mock data (batch 8) against
+    the reference's published envelopes: every task finishes (about 10 min on 2 cores)."""
+    from tests.eval.test_metric import VELODROME
+
+    ref = VELODROME / "speedup_over_multiple_baselines.json"
+    if not ref.is_file():
+        pytest.skip("no reference baselines file")
+    save_weights(tmp_path / "theta", hand_designed_meta_params(VeLOConfig.small(8, 2)))
+    argv = ["--optimizer=velo", f"--weights={tmp_path / 'theta'}", "--suite=velodrome83", "--steps=20",
+            "--batch-size=8", "--competitors=none", f"--baselines={ref}", "--mock-data", "--no-progress",
+            f"--out={tmp_path / 'out'}"]  # fmt: skip
+    assert cli.main(argv) == 0
+    res = runner.load_results(tmp_path / "out")["velo"]
+    assert len(res) == 83 and {r["status"] for r in res.values()} == {"ok"}
+    assert (tmp_path / "out" / "report.html").is_file()
