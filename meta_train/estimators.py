@@ -76,6 +76,18 @@ def place(tree: PyTree, sharding: NamedSharding) -> PyTree:
     return jax.tree.map(one, tree)
 
 
+def sharded_program(mesh: Mesh, fn, in_specs: tuple, out_specs, **jit_kw):
+    """jit(shard_map(fn)) over `mesh`, called with host, single-device or global arrays,
+    which are placed on the mesh first (a no-op for arrays already there)."""
+    compiled = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False), **jit_kw)
+    shardings = tuple(NamedSharding(mesh, spec) for spec in in_specs)
+
+    def call(*args):
+        return compiled(*(place(a, s) for a, s in zip(args, shardings)))
+
+    return call
+
+
 def to_host(x) -> np.ndarray:
     """The whole value of `x` on this process (gathered from the others if needed)."""
     if not isinstance(x, jax.Array) or x.is_fully_addressable:
@@ -224,7 +236,6 @@ def _programs(es: FullES, family: TaskFamily, mesh: Mesh, antithetic: bool) -> _
     """The compiled pieces of an estimate, for one (estimator, family, mesh); without
     `antithetic`, each pair is one rollout with θ itself (for evaluation)."""
     lopt, std = es.lopt, es.std
-    shard = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
 
     def signs(theta, key):
         if not antithetic:
@@ -289,15 +300,7 @@ def _programs(es: FullES, family: TaskFamily, mesh: Mesh, antithetic: bool) -> _
         return grad, meta_loss, es.num_pairs - count
 
     pairs, rep = P(AXIS), P()
-
-    def program(fn, in_specs, out_specs, **jit_kw):
-        compiled = jax.jit(shard(fn, in_specs=in_specs, out_specs=out_specs), **jit_kw)
-        shardings = tuple(NamedSharding(mesh, spec) for spec in in_specs)
-
-        def call(*args):  # places host or single-device inputs on the mesh (no-op if there)
-            return compiled(*(place(a, s) for a, s in zip(args, shardings)))
-
-        return call
+    program = functools.partial(sharded_program, mesh)
 
     return _Programs(
         init=program(init_local, (rep, pairs, pairs, rep), pairs),

@@ -47,7 +47,17 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from meta_train.estimators import AXIS, _pair_keys, _stacked, default_mesh, pair_rngs, perturbation, place, to_host
+from meta_train.estimators import (
+    AXIS,
+    _pair_keys,
+    _stacked,
+    default_mesh,
+    pair_rngs,
+    perturbation,
+    place,
+    sharded_program,
+    to_host,
+)
 from meta_train.learned_optimizer import VeLONetwork
 from tasks.base import TaskFamily
 
@@ -226,7 +236,6 @@ class _Programs:
 def _programs(pes: TruncatedPES, family: TaskFamily, mesh: Mesh) -> _Programs:
     """The compiled pieces of PES for one (estimator, family, mesh)."""
     lopt, std = pes.lopt, pes.std
-    shard = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
 
     def both(x):
         return jax.tree.map(lambda a: jnp.stack([a, a]), x)
@@ -329,15 +338,7 @@ def _programs(pes: TruncatedPES, family: TaskFamily, mesh: Mesh) -> _Programs:
         return grad, new_acc, stats
 
     pairs, rep = P(AXIS), P()
-
-    def program(fn, in_specs, out_specs, **jit_kw):
-        compiled = jax.jit(shard(fn, in_specs=in_specs, out_specs=out_specs), **jit_kw)
-        shardings = tuple(NamedSharding(mesh, spec) for spec in in_specs)
-
-        def call(*args):  # places host or single-device inputs on the mesh (no-op if there)
-            return compiled(*(place(a, s) for a, s in zip(args, shardings)))
-
-        return call
+    program = functools.partial(sharded_program, mesh)
 
     return _Programs(
         init=program(init_local, (rep, pairs), pairs),
