@@ -127,6 +127,20 @@ print(json.dumps(out))
 """
 
 
+def test_two_devices_give_the_one_device_estimate():
+    es = small_es(num_pairs=4)
+    theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
+    out = {}
+    with jax.numpy_dtype_promotion("standard"):
+        for n in (1, 2):
+            out[n] = es.estimate(theta, jax.random.PRNGKey(3), QUADRATIC, estimators.default_mesh(4, jax.devices()[:n]))
+    assert out[1][1]["meta_loss"] == pytest.approx(out[2][1]["meta_loss"], rel=1e-5)
+    for a, b in zip(jax.tree.leaves(out[1][0]), jax.tree.leaves(out[2][0])):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-3)
+    assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(out[1][0]))
+
+
+@pytest.mark.slow  # a subprocess with 8 forced devices (~60 s cold); 2 devices run in process above
 def test_eight_devices_give_the_one_device_estimate():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     env.update(JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")

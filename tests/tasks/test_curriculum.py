@@ -2,7 +2,6 @@
 
 import collections
 import dataclasses
-import time
 
 import jax
 import numpy as np
@@ -61,11 +60,12 @@ def test_augmentation_stack_follows_the_reference_rates():
     assert not any("ReducedBatch" in "".join(f.augmentations()) for f in lopt_like if isinstance(f, aug.Augmented))
 
 
-def test_a_thousand_phase_one_samples_are_fast():
-    start = time.perf_counter()
-    for key in jax.random.split(jax.random.PRNGKey(0), 1000):
-        phases.sample_task(key, 1)
-    assert time.perf_counter() - start < 60
+def test_phase_one_samples_are_deterministic_and_within_budget():
+    """(Sampling speed is a benchmark's job: benchmarks/cost_model.py.)"""
+    for key in jax.random.split(jax.random.PRNGKey(0), 50):
+        a, b = phases.sample_task(key, 1), phases.sample_task(key, 1)
+        assert a.family.name == b.family.name and a.augmentations == b.augmentations
+        assert a.seconds <= a.max_time
 
 
 def test_rejection_sampling_respects_the_budget_and_gives_up():

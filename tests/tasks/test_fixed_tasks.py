@@ -25,12 +25,9 @@ REPRESENTATIVES = {
     "ImageMLP_Cifar10_128x128x128_BatchNorm_Tanh",
     "LOpt_MLPLOpt_FahionMnist_10",
     "MLPMixer_Cifar100_tiny16",
-    "RNNLM_lm1b32k_Patch32_LSTM256_Embed128",
     "RNNLM_lm1bbytes_Patch128_LSTM128_Embed64",
     "RNNLM_wikipediaenbytes_Patch32_GRU256_Embed128",
-    "Resnet_MultiRuntime_0",
     "TransformerLM_LM1B_MultiRuntime_3",
-    "VIT_Cifar100_wideshallow",
 }
 
 
