@@ -132,6 +132,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two CLI processes compile multi-process programs: ~90 s cold on 2 cores
 def test_two_processes_make_the_one_process_update(tmp_path, whole_run):
     """Two processes on 127.0.0.1 (1 CPU device each) form one 2-device mesh; their θ
     equals that of this process with 2 devices (up to summation order)."""
