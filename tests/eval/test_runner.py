@@ -144,3 +144,21 @@ def test_velodrome83_end_to_end_on_mock_data(tmp_path):
     res = runner.load_results(tmp_path / "out")["velo"]
     assert len(res) == 83 and {r["status"] for r in res.values()} == {"ok"}
     assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_cli_runs_the_tiny_suite(tmp_path):
+    """The whole `tiny` suite through the CLI with few steps: every task finishes against a
+    computed (cached) Adam envelope, and the report lists them all."""
+    out = tmp_path / "out"
+    argv = ["--optimizer=adam", "--grid=1e-2", "--suite=tiny", "--steps=10", "--eval-every=10", "--batch-size=8",
+            "--competitors=none", "--baseline-lrs=3e-3,3e-2", "--baseline-seeds=1", "--baseline-steps=20",
+            f"--out={out}", "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    res = runner.load_results(out)["adam"]
+    assert set(res) == {e.task for e in suites.get("tiny")}
+    assert {r["status"] for r in res.values()} == {"ok"}
+    assert len(list((out / "baselines").glob("*.npz"))) == 4
+    for r in res.values():
+        assert 0.0 <= r["speedup"] <= 2.0 and np.isfinite(r["final_loss"])  # the envelope spans 20 steps
+    text = (out / "report.md").read_text()
+    assert all(t in text for t in res)
