@@ -9,6 +9,7 @@ from pathlib import Path
 
 from eval import baselines as baselines_lib
 from eval import optimizers, report, runner, suites
+from tasks import data
 
 DEFAULT_COMPETITORS = ("adamw_cosine", "lion", "sgd_momentum")
 
@@ -69,23 +70,6 @@ def _specs(args) -> list:
     return specs
 
 
-@contextlib.contextmanager
-def _mock(enabled: bool):
-    if not enabled:
-        yield
-        return
-    import tensorflow_datasets as tfds
-
-    from tasks import data
-
-    data.load.cache_clear()
-    try:
-        with tfds.testing.mock_data(num_examples=200):
-            yield
-    finally:
-        data.load.cache_clear()
-
-
 def evaluate(args, notes: list[str] | None = None) -> Path:
     entries = suites.select(suites.get(args.suite), tasks_=args.tasks, families=args.families, steps=args.steps)
     suites.check_resolves(entries)
@@ -102,7 +86,8 @@ def evaluate(args, notes: list[str] | None = None) -> Path:
     eval_settings = runner.EvalSettings(seeds=args.seeds, eval_every=args.eval_every, batch_size=args.batch_size)
     specs = _specs(args)
     start = time.time()
-    with _mock(args.mock_data):
+    mock = data.mock_real_datasets(num_examples=200) if args.mock_data else contextlib.nullcontext()
+    with mock:
         results = runner.run_suite(entries, specs, args.out, store, eval_settings, progress=not args.no_progress)
         used = {}
         for e in entries:

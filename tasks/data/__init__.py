@@ -12,6 +12,7 @@ dataset is neither prepared nor (with download=True) downloadable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 
@@ -123,3 +124,17 @@ INFO: dict[str, tuple] = {
     "pystdlib_words": ("text", 2048),
 }
 assert set(INFO) == set(NAMES)
+
+
+@contextlib.contextmanager
+def mock_real_datasets(num_examples: int = 20):
+    """Within the block, tfds datasets are tfds's random mock examples (tests, smoke runs).
+    `load`'s per-process cache is cleared before and after, so no mock data leaks out."""
+    import tensorflow_datasets as tfds
+
+    load.cache_clear()
+    try:
+        with tfds.testing.mock_data(num_examples=num_examples):
+            yield
+    finally:
+        load.cache_clear()

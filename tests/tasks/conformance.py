@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import jax
@@ -10,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tasks import data
 from tasks.base import TaskFamily
+from tasks.data import mock_real_datasets  # noqa: F401  (re-exported for the tests)
 from tests.conftest import REPO
 
 # The reference's task lists (tests may read ../shared; the package never does).
@@ -23,20 +22,6 @@ def reference_names(prefix: str) -> set[str] | None:
     if not VELODROME.is_file():
         return None
     return {n for n in json.loads(VELODROME.read_text()) if n.startswith(prefix)}
-
-
-@contextlib.contextmanager
-def mock_real_datasets(num_examples: int = 20):
-    """Real (tfds) datasets replaced by tfds's random mock examples; `data.load`'s
-    per-process cache is cleared before and after, so no mock data leaks into other tests."""
-    import tensorflow_datasets as tfds
-
-    data.load.cache_clear()
-    try:
-        with tfds.testing.mock_data(num_examples=num_examples):
-            yield
-    finally:
-        data.load.cache_clear()
 
 
 def check_family(family: TaskFamily, *, lr: float = 3e-3, optimizer=None, steps: int = 5, seed: int = 0) -> dict:
