@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -36,21 +37,24 @@ LOSS_TYPES = ("last_recompute", "avg", "last")
 
 
 def perturbation(theta: PyTree, key: jax.Array, std: float) -> PyTree:
-    """ε = std·𝒩(0, I) shaped like θ, one key per leaf (split in leaf order)."""
-    leaves, treedef = jax.tree.flatten(theta)
-    keys = jax.random.split(key, len(leaves))
-    return treedef.unflatten([std * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+    """ε = std·𝒩(0, I) shaped like θ: one draw of |θ| normals, split into the leaves in
+    leaf order. (One draw rather than one per leaf: the same numbers cost the same to
+    make, but XLA compiles one sampler instead of one per leaf — measured 1.9 s against
+    12 s for VeLO's 2.3M meta-parameters on a 2-core CPU.)"""
+    flat, unravel = ravel_pytree(theta)
+    return unravel(std * jax.random.normal(key, flat.shape, flat.dtype))
 
 
 def es_gradient_sum(theta: PyTree, pert_keys: jax.Array, deltas: jax.Array, std: float) -> PyTree:
     """Σᵢ Δᵢ εᵢ over the given pairs, regenerating each εᵢ in a scan (O(|θ|) memory)."""
+    flat, unravel = ravel_pytree(theta)
 
     def add(acc, xs):
         key, delta = xs
-        return jax.tree.map(lambda a, e: a + delta.astype(a.dtype) * e, acc, perturbation(theta, key, std)), None
+        return acc + delta.astype(acc.dtype) * (std * jax.random.normal(key, flat.shape, flat.dtype)), None
 
-    total, _ = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, theta), (pert_keys, deltas))
-    return total
+    total, _ = jax.lax.scan(add, jnp.zeros_like(flat), (pert_keys, deltas))
+    return unravel(total)
 
 
 def default_mesh(num_pairs: int, devices: list | None = None) -> Mesh:
