@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--estimators", default="full_es,pes")
     parser.add_argument("--trunc", type=int, default=50, help="PES truncation length")
+    parser.add_argument("--chunk", type=int, default=50, help="FullES inner steps per compiled call")
     args = parser.parse_args()
     estimators = args.estimators.split(",")
 
@@ -64,7 +65,9 @@ def main() -> None:
             lopt = VeLONetwork(nets[net])
             theta = lopt.init_theta(jax.random.PRNGKey(0))
             for length in (int(x) for x in args.lengths.split(",")) if "full_es" in estimators else ():
-                es = FullES(lopt, num_pairs=8, min_length=length, max_length=length, chunk=50, recompute_batches=10)
+                es = FullES(
+                    lopt, num_pairs=8, min_length=length, max_length=length, chunk=args.chunk, recompute_batches=10
+                )
                 t = time.perf_counter()
                 jax.block_until_ready(es.estimate(theta, jax.random.PRNGKey(0), family)[0])
                 first = time.perf_counter() - t

@@ -269,7 +269,11 @@ def _programs(es: FullES, family: TaskFamily, mesh: Mesh, antithetic: bool) -> _
 
             return jax.lax.scan(step, c, (batches, keys))
 
-        return jax.vmap(run)(signs(theta, pert_key), carry)
+        if not antithetic or not hasattr(lopt, "antithetic"):
+            return jax.vmap(run)(signs(theta, pert_key), carry)
+        # (The learned optimizer may hand out θ ± ε in a form it computes with faster.)
+        sides, axes = lopt.antithetic(theta, perturbation(theta, pert_key, std))
+        return jax.vmap(run, in_axes=(axes, 0))(sides, carry)
 
     def chunk_local(theta, pert_keys, cfgs, carry, batches, keys):
         return jax.vmap(chunk_pair, in_axes=(None, 0, 0, 0, 0, 0))(theta, pert_keys, cfgs, carry, batches, keys)

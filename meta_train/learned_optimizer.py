@@ -5,13 +5,40 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from velojax import core
 from velojax import meta_params as meta_params_lib
 from velojax.config import VELO, VeLOConfig
+from velojax.meta_params import LSTM_GATES
 
 PyTree = object
+
+
+@jax.tree_util.register_pytree_node_class
+class SharedBase:
+    """A weight matrix θ + s·ε used only as the right operand of `x @ w`, computed as
+    x @ θ + s·(x @ ε). Vmapped with θ shared (in_axes None) across all rollouts and ε
+    shared by the two sides of a pair, each step reads θ once and each εᵢ once instead of
+    one θ ± εᵢ per rollout: the LSTM's gate matrix is 90% of VeLO's meta-parameters and
+    its product is memory-bound. Equal to x @ (θ + s·ε) up to float rounding.
+    Measured (VeLO-size FullES, L=500, 2-core AMD EPYC, same session): 676-730 against
+    523-547 inner steps/s with one θ ± εᵢ per rollout. On a CPU whose product was
+    compute-bound instead it gained nothing (1,155 against 1,154)."""
+
+    def __init__(self, base: jax.Array, eps: jax.Array, sign: jax.Array):
+        self.base, self.eps, self.sign = base, eps, sign
+
+    def __rmatmul__(self, x: jax.Array) -> jax.Array:
+        return x @ self.base + self.sign.astype(x.dtype) * (x @ self.eps)
+
+    def tree_flatten(self):
+        return (self.base, self.eps, self.sign), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return cls(*children)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,3 +61,17 @@ class VeLONetwork:
         """(new params, new state) after one VeLO step."""
         updates, state = core.velo_update(theta, state, grads, params, loss, self.config)
         return optax.apply_updates(params, updates), state
+
+    @staticmethod
+    def antithetic(theta: PyTree, eps: PyTree) -> tuple[PyTree, PyTree]:
+        """(θ±, in_axes) for `jax.vmap(f, in_axes=(in_axes, ...))` over the two sides
+        [θ + ε, θ − ε] of a pair: every leaf stacked on a leading axis of 2, except the LSTM
+        gate matrix, which is a `SharedBase` (see there) with only its sign batched.
+        Use θ± only with `update` (the gate matrix is never materialised)."""
+        both = jax.tree.map(lambda t, e: jnp.stack([t + e, t - e]), theta, eps)
+        axes = jax.tree.map(lambda _: 0, theta)
+        gate_w = theta["rnn_params"][LSTM_GATES]["w"]
+        gate_eps = eps["rnn_params"][LSTM_GATES]["w"]
+        both["rnn_params"][LSTM_GATES]["w"] = SharedBase(gate_w, gate_eps, jnp.array([1.0, -1.0], gate_w.dtype))
+        axes["rnn_params"][LSTM_GATES]["w"] = SharedBase(None, None, 0)
+        return both, axes
