@@ -61,6 +61,7 @@ class MetaTrainConfig:
     estimates_per_step: int = 1
     std: float = 0.01
     chunk: int = 10
+    length_multiple: int | None = None  # FullES rollout lengths: multiples of it (default: chunk)
     loss_type: str = "last_recompute"
     recompute_batches: int = 100
     sign_delta: float | None = 1.0
@@ -85,6 +86,10 @@ class MetaTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.length_multiple is not None and not (
+            self.length_multiple >= 1 and self.chunk % self.length_multiple == 0
+        ):
+            raise ValueError(f"length_multiple ({self.length_multiple}) must be >= 1 and divide chunk ({self.chunk})")
         if self.estimator == "pes" and (self.trunc_length < 1 or self.trunc_length % self.chunk):
             raise ValueError(f"trunc_length ({self.trunc_length}) must be a positive multiple of chunk ({self.chunk})")
 

@@ -121,8 +121,13 @@ class FullES:
       std: σ of the perturbations.
       min_length, max_length: the rollout length L ~ LogUniform[min, max], shared by
         all pairs of an estimate.
-      chunk: inner steps per compiled call (a multiple of which L is); batches are
-        made on the host one chunk at a time, so long rollouts never hold all of them.
+      chunk: inner steps per compiled call; batches are made on the host one chunk at a
+        time, so long rollouts never hold all of them. Each call also regenerates the
+        pairs' εᵢ, so a larger chunk costs fewer of those.
+      length_multiple: L is rounded down to a multiple of it (the reference's
+        `steps_per_jit`, 10 for VeLO); default `chunk`. It must divide `chunk`; the
+        remainder L mod chunk runs in calls of `length_multiple` steps. The results do
+        not depend on `chunk` (per-step keys, one data stream per pair).
       loss_type: "last_recompute" (normalised loss of the final weights, mean over
         `recompute_batches` fresh batches of `recompute_split`), "avg" or "last"
         (mean or last normalised training loss along the rollout).
@@ -135,6 +140,7 @@ class FullES:
     min_length: int = 100
     max_length: int = 1000
     chunk: int = 10
+    length_multiple: int | None = None
     loss_type: str = "last_recompute"
     recompute_batches: int = 10
     recompute_split: str = "train"
@@ -145,6 +151,10 @@ class FullES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.num_pairs < 1 or self.chunk < 1 or self.recompute_batches < 1:
             raise ValueError("num_pairs, chunk and recompute_batches must be >= 1")
+        if self.length_multiple is not None and not (
+            self.length_multiple >= 1 and self.chunk % self.length_multiple == 0
+        ):
+            raise ValueError(f"length_multiple ({self.length_multiple}) must be >= 1 and divide chunk ({self.chunk})")
         if not 1 <= self.min_length <= self.max_length:
             raise ValueError(f"need 1 <= min_length <= max_length, got {self.min_length}, {self.max_length}")
         if not self.std > 0:
@@ -184,18 +194,20 @@ class FullES:
         and the rollout length."""
         programs = _programs(self, family, mesh, antithetic)
         k_len, k_task, k_pert, k_data, k_loss, k_recompute = jax.random.split(key, 6)
-        length = rollout_length(k_len, self.min_length, self.max_length, self.chunk)
+        multiple = self.length_multiple or self.chunk
+        length = rollout_length(k_len, self.min_length, self.max_length, multiple)
         pairs = NamedSharding(mesh, P(AXIS))
         task_keys = place(jax.random.split(k_task, self.num_pairs), pairs)
         pert_keys = place(jax.random.split(k_pert, self.num_pairs), pairs)
         rngs = pair_rngs(k_data, self.num_pairs)
 
         cfgs, carry = programs.init(theta, task_keys, pert_keys, jnp.int32(length))
-        loss_sum, last = None, None
-        for c in range(length // self.chunk):
-            batches = _stacked(family, rngs, "train", self.chunk)
-            keys = _pair_keys(jax.random.fold_in(k_loss, c), self.num_pairs, self.chunk)
+        loss_sum, last, done = None, None, 0
+        for size in [self.chunk] * (length // self.chunk) + [multiple] * (length % self.chunk // multiple):
+            batches = _stacked(family, rngs, "train", size)
+            keys = _step_keys(k_loss, self.num_pairs, done, size)
             carry, losses = programs.chunk(theta, pert_keys, cfgs, carry, batches, keys)
+            done += size
             if self.loss_type == "avg":  # (the per-step losses are otherwise not needed)
                 loss_sum = losses.sum(axis=-1) if loss_sum is None else loss_sum + losses.sum(axis=-1)
             elif self.loss_type == "last":
@@ -220,6 +232,13 @@ def _stacked(family: TaskFamily, rngs: list[np.random.Generator], split: str, nu
     """[pairs, num, ...] batches, pair i from rngs[i]."""
     per_pair = [family.stacked_batches(rng, split, num) for rng in rngs]
     return jax.tree.map(lambda *xs: np.stack(xs), *per_pair)
+
+
+def _step_keys(key: jax.Array, num_pairs: int, start: int, num: int) -> jax.Array:
+    """[pairs, num] loss keys of inner steps start … start+num-1 (shared by both sides of
+    a pair), each from its step number: the same whatever the chunking."""
+    steps = jnp.arange(start, start + num)
+    return jnp.swapaxes(jax.vmap(lambda s: jax.random.split(jax.random.fold_in(key, s), num_pairs))(steps), 0, 1)
 
 
 def _pair_keys(key: jax.Array, num_pairs: int, num: int) -> jax.Array:

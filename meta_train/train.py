@@ -61,6 +61,7 @@ def estimator(config: MetaTrainConfig, phase: Phase) -> estimators.FullES:
         min_length=phase.min_length,
         max_length=phase.max_length,
         chunk=config.chunk,
+        length_multiple=config.length_multiple,
         loss_type=config.loss_type,
         recompute_batches=config.recompute_batches,
         sign_delta=config.sign_delta,
@@ -201,7 +202,7 @@ def evaluate(config: MetaTrainConfig, theta: PyTree, key: jax.Array, mesh=None) 
     phase = config.phases[0]
     length = config.eval_length or phase.max_length
     es = dataclasses.replace(
-        estimator(config, phase), num_pairs=config.eval_pairs, min_length=length, max_length=length, chunk=config.chunk
+        estimator(config, phase), num_pairs=config.eval_pairs, min_length=length, max_length=length
     )
     family = task_pool(config, 0, 0)[0]
     return es.evaluate(theta, key, family, mesh)

@@ -9,7 +9,12 @@ their length is not recorded in the reference (its configs cap each at 100k upda
 
 from meta_train.config import MetaTrainConfig, Phase
 
-_SHARED = dict(num_pairs=8, std=0.01, chunk=10, loss_type="last_recompute", recompute_batches=100, sign_delta=1.0)
+# Lengths are multiples of 10 (the reference's steps_per_jit); 100 steps per compiled call,
+# as each call regenerates the pairs' perturbations (one draw of |θ| normals per pair).
+_SHARED = dict(
+    num_pairs=8, std=0.01, chunk=100, length_multiple=10, loss_type="last_recompute", recompute_batches=100,
+    sign_delta=1.0,
+)  # fmt: skip
 _PHASES = {
     1: (Phase(steps=100_000, min_length=100, max_length=20_000, distribution=1), 512 * 8, 4),
     2: (Phase(steps=100_000, min_length=200, max_length=20_000, distribution=2), 512, 10),

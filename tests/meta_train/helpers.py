@@ -35,6 +35,15 @@ class SometimesNaN(Quadratic):
 
 
 @dataclasses.dataclass(frozen=True)
+class KeyedQuadratic(Quadratic):
+    """A quadratic whose loss also depends on the step's key (like dropout does)."""
+
+    def loss(self, params, state, key, batch, cfg):
+        loss, state = super().loss(params, state, key, batch, cfg)
+        return loss * (1.0 + 0.5 * jax.random.uniform(key)), state
+
+
+@dataclasses.dataclass(frozen=True)
 class SgdLopt:
     """A two-parameter "learned optimizer" (same interface as VeLONetwork): SGD with
     momentum, θ = {log learning rate, momentum logit}. Compiles in a blink, and the

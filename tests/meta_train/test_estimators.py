@@ -14,7 +14,7 @@ import pytest
 from meta_train import estimators
 from meta_train.estimators import FullES, es_gradient_sum, perturbation, rollout_length
 from tests.conftest import REPO
-from tests.meta_train.helpers import QUADRATIC, SMALL_NET, SometimesNaN, small_es
+from tests.meta_train.helpers import QUADRATIC, SMALL_NET, KeyedQuadratic, SometimesNaN, small_es
 
 
 def test_antithetic_estimate_is_unbiased_on_a_quadratic():
@@ -119,6 +119,24 @@ def test_rollouts_equal_plain_rollouts_with_theta_plus_and_minus_eps():
 
 def _at(tree, *index):
     return jax.tree.map(lambda x: x[index], tree)
+
+
+def test_estimates_do_not_depend_on_the_chunking():
+    """L = 15 with chunk 10 and length_multiple 5 (calls of 10 + 5 steps) gives the
+    estimate of chunk 5 (3 calls): per-step keys, one data stream per pair. (The loss uses
+    its key, so keys that depended on the chunking would show.)"""
+    theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
+    es, family = small_es(min_length=15, max_length=15, loss_type="avg"), KeyedQuadratic(dim=6, batch_size=2, noise=0.1)
+    (g1, m1), (g2, m2) = (
+        dataclasses.replace(es, **kw).estimate(theta, jax.random.PRNGKey(5), family)
+        for kw in (dict(chunk=5), dict(chunk=10, length_multiple=5))
+    )
+    assert m1["length"] == m2["length"] == 15
+    np.testing.assert_allclose(m1["meta_loss"], m2["meta_loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(ValueError, match="divide chunk"):
+        small_es(chunk=10, length_multiple=4)
 
 
 def test_estimate_metrics_and_determinism():
