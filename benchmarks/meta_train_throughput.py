@@ -69,12 +69,12 @@ def main() -> None:
                     lopt, num_pairs=8, min_length=length, max_length=length, chunk=args.chunk, recompute_batches=10
                 )
                 t = time.perf_counter()
-                jax.block_until_ready(es.estimate(theta, jax.random.PRNGKey(0), family)[0])
+                jax.block_until_ready(es.estimate(theta, (), jax.random.PRNGKey(0), family)[0])
                 first = time.perf_counter() - t
                 rates = []
                 for r in range(args.repeats):
                     t = time.perf_counter()
-                    grad, m = es.estimate(theta, jax.random.PRNGKey(r + 1), family)
+                    grad, _, m = es.estimate(theta, (), jax.random.PRNGKey(r + 1), family)
                     jax.block_until_ready(grad)
                     rates.append(m["inner_steps"] / (time.perf_counter() - t))
                 rate = sorted(rates)[len(rates) // 2]

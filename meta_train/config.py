@@ -128,24 +128,29 @@ class MetaTrainConfig:
         return cls.from_dict(json.loads(text))
 
     def with_overrides(self, overrides: list[str]) -> MetaTrainConfig:
-        """Apply `field=value` strings to top-level fields (`steps=N` sets every phase's
-        steps to N, `max_length=L` every phase's max_length), parsed by field type."""
+        """Apply `field=value` strings to top-level fields, or to every phase's field for
+        the names in `PHASE_OVERRIDES` (`steps=N` sets every phase's steps to N), parsed
+        by field type."""
         changes, phase_changes = {}, {}
         fields = {f.name: f for f in dataclasses.fields(self)}
         for item in overrides:
             name, sep, raw = item.partition("=")
             if not sep:
                 raise ValueError(f"override {item!r} is not of the form field=value")
-            if name in ("steps", "min_length", "max_length", "pool_size", "batch_size"):
+            if name in PHASE_OVERRIDES:
                 phase_changes[name] = _parse(raw, int)
             elif name in fields and name != "phases":
                 current = getattr(self, name)
                 changes[name] = _parse(raw, type(current) if current is not None else float)
             else:
-                known = sorted([n for n in fields if n != "phases"] + ["steps", "min_length", "max_length"])
+                known = sorted([n for n in fields if n != "phases"] + list(PHASE_OVERRIDES))
                 raise ValueError(f"unknown config field {name!r}; known: {', '.join(known)}")
         phases = tuple(dataclasses.replace(p, **phase_changes) for p in self.phases)
         return dataclasses.replace(self, phases=phases, **changes)
+
+
+# Phase fields that `with_overrides` sets in every phase.
+PHASE_OVERRIDES = ("steps", "min_length", "max_length", "pool_size", "batch_size", "resample_every")
 
 
 def _parse(raw: str, kind: type):

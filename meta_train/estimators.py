@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,26 @@ from tasks.base import TaskFamily
 PyTree = Any
 AXIS = "pairs"
 LOSS_TYPES = ("last_recompute", "avg", "last")
+
+
+@runtime_checkable
+class Estimator(Protocol):
+    """What `FullES` and `TruncatedPES` share (and `train.py` relies on):
+
+        state = es.init(theta, key, family, mesh)
+        grad, state, metrics = es.estimate(theta, state, key, family, mesh, donate=...)
+
+    `grad` is shaped like θ (replicated over the mesh); `metrics` holds at least
+    meta_loss, length, inner_steps and nonfinite_pairs. FullES's state is empty; PES's
+    holds its persistent inner runs and accumulators."""
+
+    num_pairs: int
+
+    def init(self, theta: PyTree, key: jax.Array, family: TaskFamily, mesh: Mesh | None = None) -> Any: ...
+
+    def estimate(
+        self, theta: PyTree, state: Any, key: jax.Array, family: TaskFamily, mesh: Mesh | None = None, *, donate: bool
+    ) -> tuple[PyTree, Any, dict[str, float]]: ...
 
 
 def perturbation(theta: PyTree, key: jax.Array, std: float) -> PyTree:
@@ -160,11 +180,23 @@ class FullES:
         if not self.std > 0:
             raise ValueError(f"std must be > 0, got {self.std}")
 
+    def init(self, theta: PyTree, key: jax.Array, family: TaskFamily, mesh: Mesh | None = None) -> tuple:
+        """The estimator state: empty, as every FullES estimate starts its rollouts afresh."""
+        return ()
+
     def estimate(
-        self, theta: PyTree, key: jax.Array, family: TaskFamily, mesh: Mesh | None = None
-    ) -> tuple[PyTree, dict[str, float]]:
-        """(ĝ, metrics) for `family` at θ. Everything random comes from `key`: the rollout
-        length, the tasks, their data, the loss keys and the perturbations.
+        self,
+        theta: PyTree,
+        state: tuple,
+        key: jax.Array,
+        family: TaskFamily,
+        mesh: Mesh | None = None,
+        *,
+        donate: bool = False,
+    ) -> tuple[PyTree, tuple, dict[str, float]]:
+        """(ĝ, state, metrics) for `family` at θ. Everything random comes from `key`: the
+        rollout length, the tasks, their data, the loss keys and the perturbations.
+        `state` (from `init`) is empty and returned as is; `donate` has nothing to reuse.
 
         Metrics: meta_loss (mean over pairs with finite losses of (L⁺+L⁻)/2), length L,
         inner_steps (2·N·L), nonfinite_pairs (pairs whose Δ was NaN/inf, hence dropped)."""
@@ -178,7 +210,7 @@ class FullES:
             "inner_steps": 2 * self.num_pairs * length,
             "nonfinite_pairs": int(to_host(nonfinite)),
         }
-        return grad, metrics
+        return grad, state, metrics
 
     def evaluate(self, theta: PyTree, key: jax.Array, family: TaskFamily, mesh: Mesh | None = None) -> float:
         """Mean over `num_pairs` tasks (from `key`) of the meta-loss of θ itself (no

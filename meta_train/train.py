@@ -53,7 +53,12 @@ def meta_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
     return optax.apply_if_finite(inner, max_consecutive_errors=2**31 - 1)
 
 
-def estimator(config: MetaTrainConfig, phase: Phase) -> estimators.FullES:
+def estimator(config: MetaTrainConfig, phase: Phase) -> estimators.Estimator:
+    """The config's estimator (FullES or PES) for `phase`."""
+    return pes_estimator(config, phase) if config.estimator == "pes" else full_es(config, phase)
+
+
+def full_es(config: MetaTrainConfig, phase: Phase) -> estimators.FullES:
     return estimators.FullES(
         VeLONetwork(config.network()),
         num_pairs=config.num_pairs,
@@ -126,10 +131,11 @@ def _pes_epoch(config: MetaTrainConfig, step: int) -> tuple[int, int]:
     return index, step // phase.resample_every
 
 
-def init_pes(config: MetaTrainConfig, step: int, theta: PyTree, mesh=None) -> tuple[pes_lib.PESState, ...]:
-    """Fresh PES states (at θ) for the estimates of outer step `step`, from (seed, step)."""
+def init_estimator_states(config: MetaTrainConfig, step: int, theta: PyTree, mesh=None) -> tuple:
+    """Fresh estimator states (at θ) for the estimates of outer step `step`, from (seed,
+    step): PES's inner runs, FullES's empty states."""
     _, phase = config.phase_at(step)
-    es = pes_estimator(config, phase)
+    es = estimator(config, phase)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 4), step)
     return tuple(
         es.init(theta, jax.random.fold_in(key, e), family_at(config, step, e), mesh)
@@ -157,23 +163,16 @@ def outer_step(config: MetaTrainConfig, state: TrainState, mesh=None) -> tuple[T
     step = int(state["step"])
     _, phase = config.phase_at(step)
     use_pes = config.estimator == "pes"
-    es = pes_estimator(config, phase) if use_pes else estimator(config, phase)
+    es = estimator(config, phase)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
-    if use_pes:
-        pes_states = state.get("pes")
-        if pes_states is None or step == 0 or _pes_epoch(config, step) != _pes_epoch(config, step - 1):
-            pes_states = init_pes(config, step, state["theta"], mesh)
-        new_pes = []
-    grads, metrics = [], []
+    es_states = state.get("pes")  # only PES has states that persist across outer steps
+    if es_states is None or step == 0 or _pes_epoch(config, step) != _pes_epoch(config, step - 1):
+        es_states = init_estimator_states(config, step, state["theta"], mesh)
+    grads, metrics, new_states = [], [], []
     for e in range(config.estimates_per_step):
         family = family_at(config, step, e)
-        if use_pes:
-            g, s, m = es.estimate(state["theta"], pes_states[e], jax.random.fold_in(key, e), family, mesh, donate=True)
-            new_pes.append(s)
-        else:
-            g, m = es.estimate(state["theta"], jax.random.fold_in(key, e), family, mesh)
-        grads.append(g)
-        metrics.append(m)
+        g, s, m = es.estimate(state["theta"], es_states[e], jax.random.fold_in(key, e), family, mesh, donate=True)
+        grads.append(g), metrics.append(m), new_states.append(s)
     grad = jax.tree.map(lambda *gs: sum(gs) / len(gs), *grads) if len(grads) > 1 else grads[0]
     tx = meta_optimizer(config)
     theta, opt_state, grad_norm = _apply(tx, state["theta"], state["opt_state"], grad)
@@ -191,7 +190,7 @@ def outer_step(config: MetaTrainConfig, state: TrainState, mesh=None) -> tuple[T
     }
     new = TrainState(theta=theta, opt_state=opt_state, step=np.int64(step + 1))
     if use_pes:
-        new["pes"] = tuple(new_pes)
+        new["pes"] = tuple(new_states)
         out["resets"] = int(sum(m["resets"] for m in metrics))
     return new, out
 
@@ -201,9 +200,7 @@ def evaluate(config: MetaTrainConfig, theta: PyTree, key: jax.Array, mesh=None) 
     the first phase's first family, at `eval_length` steps (no perturbation)."""
     phase = config.phases[0]
     length = config.eval_length or phase.max_length
-    es = dataclasses.replace(
-        estimator(config, phase), num_pairs=config.eval_pairs, min_length=length, max_length=length
-    )
+    es = dataclasses.replace(full_es(config, phase), num_pairs=config.eval_pairs, min_length=length, max_length=length)
     family = task_pool(config, 0, 0)[0]
     return es.evaluate(theta, key, family, mesh)
 
@@ -237,7 +234,7 @@ def train(
     fresh = TrainState(estimators.place(dict(fresh), NamedSharding(mesh, P())), step=fresh["step"])
     template, latest = fresh, ckpt.latest_step()
     if config.estimator == "pes" and latest:  # the PES states of the families of step latest - 1
-        template = TrainState(fresh, pes=init_pes(config, latest - 1, fresh["theta"], mesh))
+        template = TrainState(fresh, pes=init_estimator_states(config, latest - 1, fresh["theta"], mesh))
     state = ckpt.restore_latest(template) or fresh
     start = int(state["step"])
     metrics_path = workdir / "metrics.jsonl"
@@ -347,4 +344,13 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-__all__ = ["TrainState", "evaluate", "family_at", "init_pes", "init_state", "meta_optimizer", "outer_step", "train"]
+__all__ = [
+    "TrainState",
+    "evaluate",
+    "family_at",
+    "init_estimator_states",
+    "init_state",
+    "meta_optimizer",
+    "outer_step",
+    "train",
+]

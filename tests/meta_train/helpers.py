@@ -2,6 +2,11 @@
 
 import dataclasses
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +15,7 @@ from meta_train import configs
 from meta_train.estimators import FullES
 from meta_train.learned_optimizer import VeLONetwork
 from tasks.families.quadratic import Quadratic
+from tests.conftest import REPO
 from velojax.config import VeLOConfig
 
 QUADRATIC = Quadratic(dim=6, batch_size=2, noise=0.1)
@@ -73,7 +79,49 @@ TINY_OVERRIDES = ["steps=4", "min_length=10", "max_length=20", "num_pairs=2", "c
 TINY_RUN = configs.get("tiny_cpu").with_overrides(TINY_OVERRIDES)
 # The same with PES: 10-step truncations of 10-20-step episodes, the pool redrawn after 3
 # steps (which re-initialises the PES state).
-TINY_PES_RUN = dataclasses.replace(
-    configs.get("tiny_cpu_pes").with_overrides(TINY_OVERRIDES + ["trunc_length=10", "eval_pairs=0"]),
-    phases=tuple(dataclasses.replace(p, resample_every=3) for p in TINY_RUN.phases),
-)
+TINY_PES_OVERRIDES = TINY_OVERRIDES + ["trunc_length=10", "eval_pairs=0", "resample_every=3"]
+TINY_PES_RUN = configs.get("tiny_cpu_pes").with_overrides(TINY_PES_OVERRIDES)
+
+
+def cli(config: str, workdir: Path, overrides: list[str]) -> list[str]:
+    """The meta_train CLI command for `config` with `overrides`, writing to `workdir`."""
+    return [
+        sys.executable,
+        "-m",
+        "meta_train",
+        "--config",
+        config,
+        "--workdir",
+        str(workdir),
+        "--no-progress",
+    ] + overrides
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The CLI's processes share the tests' compilation cache, small programs included."""
+    cache = dict(JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    return dict(os.environ, JAX_PLATFORMS="cpu", **cache, **extra)
+
+
+def run_cluster(command: list[str], num_processes: int = 2) -> list[str]:
+    """Runs `command` as `num_processes` processes (1 CPU device each) forming one cluster
+    on 127.0.0.1; returns their outputs after checking that all succeeded."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    cluster = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(num_processes)]
+    procs = [
+        subprocess.Popen(
+            command + cluster + ["--process-id", str(i)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(num_processes)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(out[-3000:] for out in outs)
+    return outs

@@ -127,8 +127,8 @@ def test_estimates_do_not_depend_on_the_chunking():
     its key, so keys that depended on the chunking would show.)"""
     theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
     es, family = small_es(min_length=15, max_length=15, loss_type="avg"), KeyedQuadratic(dim=6, batch_size=2, noise=0.1)
-    (g1, m1), (g2, m2) = (
-        dataclasses.replace(es, **kw).estimate(theta, jax.random.PRNGKey(5), family)
+    (g1, _, m1), (g2, _, m2) = (
+        dataclasses.replace(es, **kw).estimate(theta, (), jax.random.PRNGKey(5), family)
         for kw in (dict(chunk=5), dict(chunk=10, length_multiple=5))
     )
     assert m1["length"] == m2["length"] == 15
@@ -142,8 +142,9 @@ def test_estimates_do_not_depend_on_the_chunking():
 def test_estimate_metrics_and_determinism():
     es = small_es()
     theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
-    g1, m1 = es.estimate(theta, jax.random.PRNGKey(5), QUADRATIC)
-    g2, m2 = es.estimate(theta, jax.random.PRNGKey(5), QUADRATIC)
+    g1, state, m1 = es.estimate(theta, es.init(theta, None, QUADRATIC), jax.random.PRNGKey(5), QUADRATIC)
+    g2, _, m2 = es.estimate(theta, state, jax.random.PRNGKey(5), QUADRATIC)
+    assert state == ()  # FullES has no state
     assert m1 == m2 and m1["length"] == 10 and m1["inner_steps"] == 2 * 4 * 10 and m1["nonfinite_pairs"] == 0
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_array_equal(a, b)
@@ -158,7 +159,7 @@ def test_nan_pairs_are_dropped_and_counted():
     es = small_es(num_pairs=8)
     theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(7)
-    grad, metrics = es.estimate(theta, key, family)
+    grad, _, metrics = es.estimate(theta, (), key, family)
     task_keys = jax.random.split(jax.random.split(key, 6)[1], 8)
     bad = sum(float(family.sample(jax.random.split(k)[0])["target"][0]) > 0 for k in task_keys)
     assert 0 < bad < 8 and metrics["nonfinite_pairs"] == bad
@@ -195,7 +196,7 @@ out = {{}}
 with jax.numpy_dtype_promotion("standard"):
     for n in (1, 8):
         mesh = estimators.default_mesh(8, jax.devices()[:n])
-        g, m = es.estimate(theta, jax.random.PRNGKey(3), QUADRATIC, mesh)
+        g, _, m = es.estimate(theta, (), jax.random.PRNGKey(3), QUADRATIC, mesh)
         out[n] = {{"grad": [x.ravel().tolist() for x in jax.tree.leaves(g)], "loss": m["meta_loss"]}}
 print(json.dumps(out))
 """
@@ -207,7 +208,10 @@ def test_two_devices_give_the_one_device_estimate():
     out = {}
     with jax.numpy_dtype_promotion("standard"):
         for n in (1, 2):
-            out[n] = es.estimate(theta, jax.random.PRNGKey(3), QUADRATIC, estimators.default_mesh(4, jax.devices()[:n]))
+            g, _, m = es.estimate(
+                theta, (), jax.random.PRNGKey(3), QUADRATIC, estimators.default_mesh(4, jax.devices()[:n])
+            )
+            out[n] = g, m
     assert out[1][1]["meta_loss"] == pytest.approx(out[2][1]["meta_loss"], rel=1e-5)
     for a, b in zip(jax.tree.leaves(out[1][0]), jax.tree.leaves(out[2][0])):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-3)
@@ -235,7 +239,7 @@ def test_loss_types_measure_different_things():
     last_recompute (the final weights on fresh batches) are three different numbers."""
     theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
     losses = {
-        t: small_es(loss_type=t, sign_delta=None).estimate(theta, jax.random.PRNGKey(5), QUADRATIC)[1]["meta_loss"]
+        t: small_es(loss_type=t, sign_delta=None).estimate(theta, (), jax.random.PRNGKey(5), QUADRATIC)[2]["meta_loss"]
         for t in ("avg", "last", "last_recompute")
     }
     assert all(np.isfinite(v) for v in losses.values()), losses

@@ -14,7 +14,7 @@ import pytest
 from meta_train import checkpointing, configs, estimators, train
 from meta_train.pes import TruncatedPES, sample_length
 from tasks.families.quadratic import Quadratic
-from tests.meta_train.helpers import QUADRATIC, SGD, TINY_PES_RUN, SometimesNaN
+from tests.meta_train.helpers import QUADRATIC, SGD, TINY_PES_OVERRIDES, TINY_PES_RUN, SometimesNaN, cli, run_cluster
 from velojax.checkpoint import load_weights
 
 # Episodes of exactly 20 steps from step 0, two 10-step truncations each.
@@ -245,4 +245,19 @@ def test_pes_run_resumes_bit_identically(tmp_path):
     for x, y in zip(*(jax.tree.leaves(load_weights(d / "theta", TINY_PES_RUN.network())) for d in (whole, split))):
         np.testing.assert_array_equal(x, y)
     rows = (split / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 4 and all('"resets"' in r for r in rows)
+
+
+@pytest.mark.slow  # two CLI processes compile multi-process programs (~2 min cold on 2 cores)
+def test_two_process_pes_run_makes_the_one_process_update(tmp_path):
+    """PES across two processes on 127.0.0.1 (1 CPU device each; the PES states' pairs
+    split between them, checkpointed and re-initialised at the pool redraw) ends at the θ
+    of this process with 2 devices (up to summation order)."""
+    train.train(TINY_PES_RUN, tmp_path / "one", progress=False)
+    outs = run_cluster(cli("tiny_cpu_pes", tmp_path / "two", TINY_PES_OVERRIDES))
+    assert "2 device(s) in 2 process(es)" in outs[0]
+    one, two = (load_weights(tmp_path / d / "theta", TINY_PES_RUN.network()) for d in ("one", "two"))
+    for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+    rows = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 4 and all('"resets"' in r for r in rows)

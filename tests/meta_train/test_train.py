@@ -1,8 +1,6 @@
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 from meta_train import checkpointing, configs, train
 from meta_train.config import MetaTrainConfig, Phase
 from tests.conftest import REPO
-from tests.meta_train.helpers import TINY_OVERRIDES, TINY_RUN
+from tests.meta_train.helpers import TINY_OVERRIDES, TINY_RUN, cli, run_cluster, subprocess_env
 from velojax.checkpoint import load_weights
 
 
@@ -99,12 +97,11 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def _cli(workdir: Path) -> list[str]:
-    command = [sys.executable, "-m", "meta_train", "--config", "tiny_cpu", "--workdir", str(workdir), "--no-progress"]
-    return command + TINY_OVERRIDES + ["eval_pairs=0"]  # evaluation does not change θ
+    return cli("tiny_cpu", workdir, TINY_OVERRIDES + ["eval_pairs=0"])  # evaluation does not change θ
 
 
 def test_sigkilled_run_resumes_bit_identically(tmp_path, whole_run):
-    env = dict(_subprocess_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")  # this process's mesh
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")  # this process's mesh
     proc = subprocess.Popen(_cli(tmp_path), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (tmp_path / "checkpoints" / "1").exists() and proc.poll() is None and time.time() < deadline:
@@ -118,38 +115,10 @@ def test_sigkilled_run_resumes_bit_identically(tmp_path, whole_run):
     _assert_same(whole_run[1], tmp_path)
 
 
-def _subprocess_env() -> dict:
-    """The CLI's processes share the tests' compilation cache, small programs included."""
-    cache = dict(JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    return dict(os.environ, JAX_PLATFORMS="cpu", **cache)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two CLI processes compile multi-process programs: ~90 s cold on 2 cores
 def test_two_processes_make_the_one_process_update(tmp_path, whole_run):
     """Two processes on 127.0.0.1 (1 CPU device each) form one 2-device mesh; their θ
     equals that of this process with 2 devices (up to summation order)."""
-    port, env = _free_port(), dict(_subprocess_env(), XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    cluster = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-    procs = [
-        subprocess.Popen(
-            _cli(tmp_path) + cluster + ["--process-id", str(i)],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    outs = run_cluster(_cli(tmp_path))
     assert "2 device(s) in 2 process(es)" in outs[0]
     _assert_same(whole_run[1], tmp_path, exact=False)

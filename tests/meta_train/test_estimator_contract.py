@@ -1,0 +1,60 @@
+"""The contract every estimator keeps (`estimators.Estimator`), checked for each one:
+
+state = es.init(theta, key, family, mesh)
+grad, state, metrics = es.estimate(theta, state, key, family, mesh, donate=...)
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from meta_train import configs, train
+from meta_train.estimators import Estimator, FullES
+from meta_train.pes import TruncatedPES
+from tests.meta_train.helpers import QUADRATIC, SGD
+
+ESTIMATORS = {
+    "full_es": FullES(SGD, num_pairs=4, std=0.05, min_length=10, max_length=10, chunk=5, recompute_batches=2),
+    "pes": TruncatedPES(SGD, num_pairs=4, std=0.05, trunc_length=10, chunk=5, min_length=20, max_length=40),
+}
+THETA = SGD.init_theta()
+
+
+@pytest.fixture(params=sorted(ESTIMATORS))
+def es(request) -> Estimator:
+    return ESTIMATORS[request.param]
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_estimate_is_a_finite_gradient_shaped_like_theta(es):
+    state = es.init(THETA, jax.random.PRNGKey(0), QUADRATIC)
+    grad, state, metrics = es.estimate(THETA, state, jax.random.PRNGKey(1), QUADRATIC, donate=True)
+    assert jax.tree.structure(grad) == jax.tree.structure(THETA)
+    for g, t in zip(_leaves(grad), _leaves(THETA)):
+        assert g.shape == t.shape and g.dtype == t.dtype and np.all(np.isfinite(g))
+    assert any(np.any(g != 0) for g in _leaves(grad))
+    assert {"meta_loss", "length", "inner_steps", "nonfinite_pairs"} <= set(metrics)
+    assert np.isfinite(metrics["meta_loss"]) and metrics["inner_steps"] > 0 and metrics["nonfinite_pairs"] == 0
+    # The returned state feeds the next estimate.
+    grad2, _, _ = es.estimate(THETA, state, jax.random.PRNGKey(2), QUADRATIC)
+    assert jax.tree.structure(grad2) == jax.tree.structure(THETA)
+
+
+def test_estimate_is_a_pure_function_of_its_inputs(es):
+    state = es.init(THETA, jax.random.PRNGKey(0), QUADRATIC)
+    (g1, s1, m1), (g2, s2, m2) = (es.estimate(THETA, state, jax.random.PRNGKey(1), QUADRATIC) for _ in range(2))
+    assert m1 == m2
+    for a, b in zip(_leaves((g1, s1)), _leaves((g2, s2))):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["full_es", "pes"])
+def test_train_builds_the_configured_estimator(name):
+    config = dataclasses.replace(configs.get("tiny_cpu"), estimator=name, trunc_length=50, chunk=25)
+    es = train.estimator(config, config.phases[0])
+    assert isinstance(es, {"full_es": FullES, "pes": TruncatedPES}[name]) and isinstance(es, Estimator)
