@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--estimators", default="full_es,pes")
     parser.add_argument("--trunc", type=int, default=50, help="PES truncation length")
-    parser.add_argument("--chunk", type=int, default=50, help="FullES inner steps per compiled call")
+    parser.add_argument("--chunk", type=int, default=100, help="FullES inner steps per compiled call")
     args = parser.parse_args()
     estimators = args.estimators.split(",")
 

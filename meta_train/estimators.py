@@ -77,6 +77,18 @@ def es_gradient_sum(theta: PyTree, pert_keys: jax.Array, deltas: jax.Array, std:
     return unravel(total)
 
 
+def antithetic_thetas(lopt: Any, theta: PyTree, pert_keys: jax.Array, std: float) -> tuple[PyTree, Any, Any]:
+    """θ ± εᵢ for the pairs of `pert_keys` [P], as (thetas, pair_axes, side_axes) for
+    `jax.vmap(jax.vmap(f, in_axes=(side_axes, …)), in_axes=(pair_axes, …))(thetas, …)`
+    over pairs, then sides (θ + εᵢ, θ − εᵢ). A learned optimizer with
+    `antithetic_pairs(θ, ε [P, …θ])` hands out a form it computes with faster (VeLO
+    never materialises its gate matrix per rollout); otherwise every leaf is [P, 2, …]."""
+    eps = jax.vmap(lambda k: perturbation(theta, k, std))(pert_keys)
+    if hasattr(lopt, "antithetic_pairs"):
+        return lopt.antithetic_pairs(theta, eps)
+    return jax.tree.map(lambda t, e: jnp.stack([t + e, t - e], axis=1), theta, eps), 0, 0
+
+
 def default_mesh(num_pairs: int, devices: list | None = None) -> Mesh:
     """A mesh with one axis, "pairs", over `devices` (default: all; as many as divide
     `num_pairs`). Auto sharding, so host code may index the estimator's results."""
@@ -292,42 +304,41 @@ def _programs(es: FullES, family: TaskFamily, mesh: Mesh, antithetic: bool) -> _
     `antithetic`, each pair is one rollout with θ itself (for evaluation)."""
     lopt, std = es.lopt, es.std
 
-    def signs(theta, key):
-        if not antithetic:
-            return jax.tree.map(lambda t: t[None], theta)
-        eps = perturbation(theta, key, std)
-        return jax.tree.map(lambda t, e: jnp.stack([t + e, t - e]), theta, eps)
-
-    def init_pair(theta, task_key, pert_key, num_steps):
-        k_cfg, k_init = jax.random.split(task_key)
-        cfg = family.sample(k_cfg)
-        params, state = family.init(k_init, cfg)
-        opt = jax.vmap(lambda th: lopt.init(th, params, num_steps))(signs(theta, pert_key))
-        both = jax.tree.map(lambda x: jnp.stack([x] * (2 if antithetic else 1)), (params, state))
-        return cfg, (*both, opt)
+    def rollout_thetas(theta, pert_keys):
+        if not antithetic:  # θ itself, for every pair and its one side
+            return theta, None, None
+        return antithetic_thetas(lopt, theta, pert_keys, std)
 
     def init_local(theta, task_keys, pert_keys, num_steps):
-        return jax.vmap(init_pair, in_axes=(None, 0, 0, None))(theta, task_keys, pert_keys, num_steps)
+        def task(key):
+            k_cfg, k_init = jax.random.split(key)
+            cfg = family.sample(k_cfg)
+            return cfg, *family.init(k_init, cfg)
 
-    def chunk_pair(theta, pert_key, cfg, carry, batches, keys):
-        def run(th, c):
-            def step(c, xs):
-                params, state, opt = c
-                batch, k = xs
-                (loss, state), grads = family.loss_and_grad(params, state, k, batch, cfg)
-                params, opt = lopt.update(th, opt, grads, params, loss)
-                return (params, state, opt), family.normalizer(loss, cfg)
-
-            return jax.lax.scan(step, c, (batches, keys))
-
-        if not antithetic or not hasattr(lopt, "antithetic"):
-            return jax.vmap(run)(signs(theta, pert_key), carry)
-        # (The learned optimizer may hand out θ ± ε in a form it computes with faster.)
-        sides, axes = lopt.antithetic(theta, perturbation(theta, pert_key, std))
-        return jax.vmap(run, in_axes=(axes, 0))(sides, carry)
+        cfgs, params, states = jax.vmap(task)(task_keys)
+        thetas, pair_axes, side_axes = rollout_thetas(theta, pert_keys)
+        sides = 2 if antithetic else 1
+        init = jax.vmap(lambda th, p: lopt.init(th, p, num_steps), in_axes=(side_axes, None), axis_size=sides)
+        opt = jax.vmap(init, in_axes=(pair_axes, 0))(thetas, params)
+        both = jax.tree.map(lambda x: jnp.stack([x] * sides, axis=1), (params, states))
+        return cfgs, (*both, opt)
 
     def chunk_local(theta, pert_keys, cfgs, carry, batches, keys):
-        return jax.vmap(chunk_pair, in_axes=(None, 0, 0, 0, 0, 0))(theta, pert_keys, cfgs, carry, batches, keys)
+        thetas, pair_axes, side_axes = rollout_thetas(theta, pert_keys)
+
+        def one(th, cfg, c, batch, key):  # one inner step of one rollout
+            params, state, opt = c
+            (loss, state), grads = family.loss_and_grad(params, state, key, batch, cfg)
+            params, opt = lopt.update(th, opt, grads, params, loss)
+            return (params, state, opt), family.normalizer(loss, cfg)
+
+        pair = jax.vmap(one, in_axes=(side_axes, None, 0, None, None))
+        step = jax.vmap(pair, in_axes=(pair_axes, 0, 0, 0, 0))
+        # The scan is outermost (vmaps inside its step): vmapping a scan re-traces its
+        # body to a fixed point per vmap, seconds of tracing for VeLO's update.
+        xs = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), (batches, keys))  # step-major
+        carry, losses = jax.lax.scan(lambda c, x: step(thetas, cfgs, c, *x), carry, xs)
+        return carry, jnp.moveaxis(losses, 0, -1)  # [pairs, sides, steps]
 
     def recompute_pair(cfg, carry, batches, keys):
         params2, state2, _ = carry

@@ -63,15 +63,18 @@ class VeLONetwork:
         return optax.apply_updates(params, updates), state
 
     @staticmethod
-    def antithetic(theta: PyTree, eps: PyTree) -> tuple[PyTree, PyTree]:
-        """(θ±, in_axes) for `jax.vmap(f, in_axes=(in_axes, ...))` over the two sides
-        [θ + ε, θ − ε] of a pair: every leaf stacked on a leading axis of 2, except the LSTM
-        gate matrix, which is a `SharedBase` (see there) with only its sign batched.
-        Use θ± only with `update` (the gate matrix is never materialised)."""
-        both = jax.tree.map(lambda t, e: jnp.stack([t + e, t - e]), theta, eps)
-        axes = jax.tree.map(lambda _: 0, theta)
-        gate_w = theta["rnn_params"][LSTM_GATES]["w"]
-        gate_eps = eps["rnn_params"][LSTM_GATES]["w"]
-        both["rnn_params"][LSTM_GATES]["w"] = SharedBase(gate_w, gate_eps, jnp.array([1.0, -1.0], gate_w.dtype))
-        axes["rnn_params"][LSTM_GATES]["w"] = SharedBase(None, None, 0)
-        return both, axes
+    def antithetic_pairs(theta: PyTree, eps: PyTree) -> tuple[PyTree, PyTree, PyTree]:
+        """θ ± εᵢ for P pairs, as (sides, pair_axes, side_axes) for
+        `jax.vmap(jax.vmap(f, in_axes=(side_axes, ...)), in_axes=(pair_axes, ...))`.
+        `eps` holds the pairs' εᵢ on a leading axis [P, ...θ]. Every leaf of `sides` is
+        [P, 2, ...] (θ + εᵢ, θ − εᵢ), except the LSTM gate matrix: a `SharedBase` of θ
+        (shared by all), εᵢ (per pair) and the sign (per side), never materialised.
+        Use `sides` only with `update`/`init`."""
+        gate = ("rnn_params", LSTM_GATES, "w")
+        sides = jax.tree.map(lambda t, e: jnp.stack([t + e, t - e], axis=1), theta, eps)
+        pair_axes, side_axes = jax.tree.map(lambda _: 0, theta), jax.tree.map(lambda _: 0, theta)
+        gate_w, gate_eps = theta[gate[0]][gate[1]][gate[2]], eps[gate[0]][gate[1]][gate[2]]
+        sides[gate[0]][gate[1]][gate[2]] = SharedBase(gate_w, gate_eps, jnp.array([1.0, -1.0], gate_w.dtype))
+        pair_axes[gate[0]][gate[1]][gate[2]] = SharedBase(None, 0, None)
+        side_axes[gate[0]][gate[1]][gate[2]] = SharedBase(None, None, 0)
+        return sides, pair_axes, side_axes

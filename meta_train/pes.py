@@ -51,6 +51,7 @@ from meta_train.estimators import (
     AXIS,
     _pair_keys,
     _stacked,
+    antithetic_thetas,
     default_mesh,
     pair_rngs,
     perturbation,
@@ -257,11 +258,7 @@ def _programs(pes: TruncatedPES, family: TaskFamily, mesh: Mesh) -> _Programs:
         return jax.vmap(init_pair, in_axes=(None, 0))(theta, keys)
 
     def chunk_local(theta, pert_keys, inner, batches, keys):
-        def signs(key):
-            eps = perturbation(theta, key, std)
-            return jax.tree.map(lambda t, e: jnp.stack([t + e, t - e]), theta, eps)
-
-        thetas = jax.vmap(signs)(pert_keys)  # [pairs, 2, ...θ]
+        thetas, pair_axes, side_axes = antithetic_thetas(lopt, theta, pert_keys, std)
 
         def train_pair(th2, cfg, params, model_state, opt, batch, key):
             def side(th, p, s, o):
@@ -269,23 +266,24 @@ def _programs(pes: TruncatedPES, family: TaskFamily, mesh: Mesh) -> _Programs:
                 p, o = lopt.update(th, o, grads, p, loss)
                 return p, s, o, family.normalizer(loss, cfg)
 
-            return jax.vmap(side)(th2, params, model_state, opt)
+            return jax.vmap(side, in_axes=(side_axes, 0, 0, 0))(th2, params, model_state, opt)
 
         def reset_pair(th2, length, key):
             k_cfg, k_init = jax.random.split(key)
             cfg = family.sample(k_cfg)
             params, model_state = family.init(k_init, cfg)
-            opt = jax.vmap(lambda th: lopt.init(th, params, length))(th2)
+            opt = jax.vmap(lambda th: lopt.init(th, params, length), in_axes=(side_axes,), axis_size=2)(th2)
             return cfg, both(params), both(model_state), opt
 
         def step(carry, xs):
             cfg, params, model_state, opt, count, length, done = carry
             batch, key = xs  # [pairs, ...]
             k_train, k_reset, k_len = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(key), 1, 0)
-            params1, state1, opt1, losses = jax.vmap(train_pair)(thetas, cfg, params, model_state, opt, batch, k_train)
+            train = jax.vmap(train_pair, in_axes=(pair_axes,) + (0,) * 6)
+            params1, state1, opt1, losses = train(thetas, cfg, params, model_state, opt, batch, k_train)
 
             def with_resets(trained):
-                fresh = jax.vmap(reset_pair)(thetas, length, k_reset)
+                fresh = jax.vmap(reset_pair, in_axes=(pair_axes, 0, 0))(thetas, length, k_reset)
 
                 def pick(new, old):
                     return jnp.where(done.reshape(done.shape + (1,) * (old.ndim - 1)), new, old)

@@ -50,6 +50,19 @@ class KeyedQuadratic(Quadratic):
 
 
 @dataclasses.dataclass(frozen=True)
+class WithoutAntithetic:
+    """VeLONetwork without `antithetic_pairs`: FullES then vmaps over materialised θ ± ε."""
+
+    net: VeLONetwork
+
+    def init(self, *args):
+        return self.net.init(*args)
+
+    def update(self, *args):
+        return self.net.update(*args)
+
+
+@dataclasses.dataclass(frozen=True)
 class SgdLopt:
     """A two-parameter "learned optimizer" (same interface as VeLONetwork): SGD with
     momentum, θ = {log learning rate, momentum logit}. Compiles in a blink, and the

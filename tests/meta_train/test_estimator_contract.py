@@ -13,7 +13,7 @@ import pytest
 from meta_train import configs, train
 from meta_train.estimators import Estimator, FullES
 from meta_train.pes import TruncatedPES
-from tests.meta_train.helpers import QUADRATIC, SGD
+from tests.meta_train.helpers import QUADRATIC, SGD, SMALL_NET, WithoutAntithetic
 
 ESTIMATORS = {
     "full_es": FullES(SGD, num_pairs=4, std=0.05, min_length=10, max_length=10, chunk=5, recompute_batches=2),
@@ -58,3 +58,19 @@ def test_train_builds_the_configured_estimator(name):
     config = dataclasses.replace(configs.get("tiny_cpu"), estimator=name, trunc_length=50, chunk=25)
     es = train.estimator(config, config.phases[0])
     assert isinstance(es, {"full_es": FullES, "pes": TruncatedPES}[name]) and isinstance(es, Estimator)
+
+
+@pytest.mark.parametrize("name", ["full_es", "pes"])
+def test_shared_gate_product_gives_the_materialised_estimate(name):
+    """With VeLO's network, both estimators use `antithetic_pairs` (the gate matrix as
+    x@θ ± x@ε); the estimate equals the one with θ ± ε materialised per rollout."""
+    es = dataclasses.replace(ESTIMATORS[name], lopt=SMALL_NET, std=0.01)
+    plain = dataclasses.replace(es, lopt=WithoutAntithetic(SMALL_NET))
+    theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
+    (g1, _, m1), (g2, _, m2) = (
+        e.estimate(theta, e.init(theta, jax.random.PRNGKey(1), QUADRATIC), jax.random.PRNGKey(2), QUADRATIC)
+        for e in (es, plain)
+    )
+    assert m1["meta_loss"] == pytest.approx(m2["meta_loss"], rel=1e-5)
+    for a, b in zip(_leaves(g1), _leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())

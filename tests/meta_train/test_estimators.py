@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +13,7 @@ import pytest
 from meta_train import estimators
 from meta_train.estimators import FullES, es_gradient_sum, perturbation, rollout_length
 from tests.conftest import REPO
-from tests.meta_train.helpers import QUADRATIC, SMALL_NET, KeyedQuadratic, SometimesNaN, small_es
+from tests.meta_train.helpers import QUADRATIC, SMALL_NET, KeyedQuadratic, SometimesNaN, WithoutAntithetic, small_es
 
 
 def test_antithetic_estimate_is_unbiased_on_a_quadratic():
@@ -67,19 +66,6 @@ def test_antithetic_pairs_share_task_init_and_data():
     assert np.all(losses[:, 0, 1:] != losses[:, 1, 1:])  # different θ from the first update on
 
 
-@dataclasses.dataclass(frozen=True)
-class _WithoutAntithetic:
-    """VeLONetwork without its `antithetic`: FullES then vmaps over materialised θ ± ε."""
-
-    net: Any
-
-    def init(self, *args):
-        return self.net.init(*args)
-
-    def update(self, *args):
-        return self.net.update(*args)
-
-
 def _chunk_losses(es, theta, steps):
     """Pair losses [pairs, 2, steps] of one chunk, with its inputs."""
     programs = estimators._programs(es, QUADRATIC, estimators.default_mesh(es.num_pairs), True)
@@ -94,12 +80,12 @@ def _chunk_losses(es, theta, steps):
 
 
 def test_rollouts_equal_plain_rollouts_with_theta_plus_and_minus_eps():
-    """The chunk reads VeLO's gate matrix as x@θ ± x@ε (`VeLONetwork.antithetic`). Its
+    """The chunk reads VeLO's gate matrix as x@θ ± x@ε (`VeLONetwork.antithetic_pairs`). Its
     losses equal those with materialised θ ± ε, and a rollout by hand with θ ± ε."""
     es, steps = small_es(loss_type="avg"), 5
     theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
     losses, (pert_keys, cfgs, (params0, state0), batches, keys) = _chunk_losses(es, theta, steps)
-    plain, _ = _chunk_losses(dataclasses.replace(es, lopt=_WithoutAntithetic(SMALL_NET)), theta, steps)
+    plain, _ = _chunk_losses(dataclasses.replace(es, lopt=WithoutAntithetic(SMALL_NET)), theta, steps)
     np.testing.assert_allclose(losses, plain, rtol=1e-6)
     for i in (0, es.num_pairs - 1):
         eps = perturbation(theta, pert_keys[i], es.std)
