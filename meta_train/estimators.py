@@ -24,7 +24,6 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -57,24 +56,42 @@ class Estimator(Protocol):
 
 
 def perturbation(theta: PyTree, key: jax.Array, std: float) -> PyTree:
-    """ε = std·𝒩(0, I) shaped like θ: one draw of |θ| normals, split into the leaves in
-    leaf order. (One draw rather than one per leaf: the same numbers cost the same to
-    make, but XLA compiles one sampler instead of one per leaf — measured 1.9 s against
-    12 s for VeLO's 2.3M meta-parameters on a 2-core CPU.)"""
-    flat, unravel = ravel_pytree(theta)
-    return unravel(std * jax.random.normal(key, flat.shape, flat.dtype))
+    """ε = std·𝒩(0, I) shaped like θ: one draw of normals (`_flat_normals`), split
+    into the leaves in leaf order. (One draw rather than one per leaf: XLA compiles one
+    sampler instead of one per leaf — measured 1.9 s against 12 s for VeLO's 2.3M
+    meta-parameters on a 2-core CPU.)"""
+    return _split_like(theta, std * _flat_normals(theta, key))
 
 
 def es_gradient_sum(theta: PyTree, pert_keys: jax.Array, deltas: jax.Array, std: float) -> PyTree:
     """Σᵢ Δᵢ εᵢ over the given pairs, regenerating each εᵢ in a scan (O(|θ|) memory)."""
-    flat, unravel = ravel_pytree(theta)
 
     def add(acc, xs):
         key, delta = xs
-        return acc + delta.astype(acc.dtype) * (std * jax.random.normal(key, flat.shape, flat.dtype)), None
+        return acc + delta.astype(acc.dtype) * (std * _flat_normals(theta, key)), None
 
-    total, _ = jax.lax.scan(add, jnp.zeros_like(flat), (pert_keys, deltas))
-    return unravel(total)
+    zeros = jnp.zeros_like(_flat_normals(theta, pert_keys[0]))  # (only its shape is used)
+    total, _ = jax.lax.scan(add, zeros, (pert_keys, deltas))
+    return _split_like(theta, total)
+
+
+def _flat_normals(theta: PyTree, key: jax.Array) -> jax.Array:
+    """|θ| standard normals, rounded up to an even count, in θ's (promoted) dtype:
+    threefry pads an odd count, which made VeLO's 2,320,385 normals 4x slower to draw
+    (125 against 30 ms on a 2-core CPU)."""
+    leaves = jax.tree.leaves(theta)
+    size = sum(x.size for x in leaves)
+    return jax.random.normal(key, (size + size % 2,), jnp.result_type(*leaves))
+
+
+def _split_like(theta: PyTree, flat: jax.Array) -> PyTree:
+    """The first |θ| entries of `flat` as a pytree like θ (leaf order, each leaf's dtype)."""
+    leaves, treedef = jax.tree.flatten(theta)
+    out, start = [], 0
+    for x in leaves:
+        out.append(flat[start : start + x.size].reshape(x.shape).astype(x.dtype))
+        start += x.size
+    return treedef.unflatten(out)
 
 
 def antithetic_thetas(lopt: Any, theta: PyTree, pert_keys: jax.Array, std: float) -> tuple[PyTree, Any, Any]:
