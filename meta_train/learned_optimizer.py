@@ -70,11 +70,17 @@ class VeLONetwork:
         [P, 2, ...] (θ + εᵢ, θ − εᵢ), except the LSTM gate matrix: a `SharedBase` of θ
         (shared by all), εᵢ (per pair) and the sign (per side), never materialised.
         Use `sides` only with `update`/`init`."""
-        gate = ("rnn_params", LSTM_GATES, "w")
-        sides = jax.tree.map(lambda t, e: jnp.stack([t + e, t - e], axis=1), theta, eps)
-        pair_axes, side_axes = jax.tree.map(lambda _: 0, theta), jax.tree.map(lambda _: 0, theta)
-        gate_w, gate_eps = theta[gate[0]][gate[1]][gate[2]], eps[gate[0]][gate[1]][gate[2]]
-        sides[gate[0]][gate[1]][gate[2]] = SharedBase(gate_w, gate_eps, jnp.array([1.0, -1.0], gate_w.dtype))
-        pair_axes[gate[0]][gate[1]][gate[2]] = SharedBase(None, 0, None)
-        side_axes[gate[0]][gate[1]][gate[2]] = SharedBase(None, None, 0)
+
+        def is_gate(path) -> bool:
+            return [getattr(k, "key", None) for k in path] == ["rnn_params", LSTM_GATES, "w"]
+
+        def side(path, t, e):
+            if is_gate(path):
+                return SharedBase(t, e, jnp.array([1.0, -1.0], t.dtype))
+            return jnp.stack([t + e, t - e], axis=1)
+
+        with_path = jax.tree_util.tree_map_with_path
+        sides = with_path(side, theta, eps)
+        pair_axes = with_path(lambda path, _: SharedBase(None, 0, None) if is_gate(path) else 0, theta)
+        side_axes = with_path(lambda path, _: SharedBase(None, None, 0) if is_gate(path) else 0, theta)
         return sides, pair_axes, side_axes
