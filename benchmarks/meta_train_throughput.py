@@ -80,17 +80,38 @@ def unroll_only_rate(es, theta, family, repeats: int) -> float:
     return 2 * es.num_pairs * length / sorted(times[1:])[len(times[1:]) // 2]
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _names(*allowed: str):
+    """A comma-separated list of names from `allowed` (an unknown name is an error, not
+    a silently empty table)."""
+
+    def parse(text: str) -> list[str]:
+        names = text.split(",")
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(allowed)}")
+        return names
+
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--lengths", default="100,500")
-    parser.add_argument("--nets", default="small,velo")
+    parser.add_argument("--lengths", type=_ints, default="100,500")
+    parser.add_argument("--nets", type=_names("small", "velo"), default="small,velo")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--estimators", default="full_es,pes")
+    parser.add_argument("--estimators", type=_names("full_es", "pes"), default="full_es,pes")
     parser.add_argument("--trunc", type=int, default=50, help="PES truncation length")
     parser.add_argument("--chunk", type=int, default=100, help="FullES inner steps per compiled call")
     parser.add_argument("--baseline", action="store_true", help="also time the same-run unroll-only baseline")
     args = parser.parse_args()
-    estimators = args.estimators.split(",")
+    estimators = args.estimators
 
     from meta_train.estimators import FullES
     from meta_train.learned_optimizer import VeLONetwork
@@ -106,10 +127,10 @@ def main() -> None:
     columns = "{:6s} {:>5s} {:>14s} {:>9s} {:>9s} {:>8s} {:>11s} {:>9s}" + (" {:>12s} {:>9s}" if args.baseline else "")
     print(columns.format(*header))
     with jax.numpy_dtype_promotion("standard"):
-        for net in args.nets.split(","):
+        for net in args.nets:
             lopt = VeLONetwork(nets[net])
             theta = lopt.init_theta(jax.random.PRNGKey(0))
-            for length in (int(x) for x in args.lengths.split(",")) if "full_es" in estimators else ():
+            for length in args.lengths if "full_es" in estimators else ():
                 es = FullES(
                     lopt, num_pairs=8, min_length=length, max_length=length, chunk=args.chunk, recompute_batches=10
                 )

@@ -10,7 +10,7 @@ their length is not recorded in the reference (its configs cap each at 100k upda
 from meta_train.config import MetaTrainConfig, Phase
 
 # Lengths are multiples of 10 (the reference's steps_per_jit); 100 steps per compiled call,
-# as each call regenerates the pairs' perturbations (one draw of |θ| normals per pair).
+# as each call regenerates the pairs' perturbations (|θ| normals per pair).
 _SHARED = dict(
     num_pairs=8, std=0.01, chunk=100, length_multiple=10, loss_type="last_recompute", recompute_batches=100,
     sign_delta=1.0,

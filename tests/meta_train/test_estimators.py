@@ -55,6 +55,29 @@ def test_antithetic_estimate_is_unbiased_on_a_quadratic():
         assert np.all(se > 0)
 
 
+def test_perturbation_layout_big_leaves_have_their_own_draw():
+    """Leaves under OWN_DRAW_SIZE share one draw from the key (leaf order); a bigger leaf
+    j is σ·normal(fold_in(key, j)), so a program reading only the small leaves compiles
+    no big draw. The gradient sum regenerates exactly these ε."""
+    big = estimators.OWN_DRAW_SIZE
+    theta = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2)), "big": jnp.zeros(big)}  # leaf order a, b, big
+    key, std = jax.random.PRNGKey(7), 0.5
+    eps = perturbation(theta, key, std)
+    flat = std * jax.random.normal(key, (8,))  # 7 small entries, drawn as an even count
+    np.testing.assert_array_equal(eps["a"], flat[:3])
+    np.testing.assert_array_equal(eps["b"], flat[3:7].reshape(2, 2))
+    np.testing.assert_array_equal(eps["big"], std * jax.random.normal(jax.random.fold_in(key, 2), (big,)))
+    assert abs(float(jnp.std(eps["big"])) / std - 1) < 0.01
+    small_only = jax.jit(lambda k: perturbation(theta, k, std)["a"]).lower(key).compile().as_text()
+    assert str(big) not in small_only
+
+    keys, deltas = jax.random.split(key, 3), jnp.array([1.0, -2.0, 0.5])
+    total = es_gradient_sum(theta, keys, deltas, std)
+    want = [jax.tree.map(lambda e, d=d: d * e, perturbation(theta, k, std)) for k, d in zip(keys, deltas)]
+    want = jax.tree.map(lambda *xs: sum(xs), *want)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7), total, want)
+
+
 def test_antithetic_pairs_share_task_init_and_data():
     es = small_es(loss_type="avg")
     theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
