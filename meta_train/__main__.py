@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
         "Rerunning the same command resumes from the workdir's last checkpoint.",
     )
     parser.add_argument("--config", required=True, help=f"one of: {', '.join(configs.names())}")
-    parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, meta_loss.png, theta/")
+    parser.add_argument(
+        "--workdir", required=True, help="checkpoints, metrics.jsonl, tensorboard/, meta_loss.png, theta/"
+    )
     parser.add_argument("--init-theta", help="start from these meta-parameters (velojax checkpoint)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     cluster = parser.add_argument_group("several processes (jax.distributed)")
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     before, after = summary.get("eval_before"), summary.get("eval_after")
     if before is not None and after is not None:
         print(f"held-out meta-loss: {before:.4f} before, {after:.4f} after meta-training")
-        print(f"theta: {args.workdir}/theta   plot: {args.workdir}/meta_loss.png")
+    if summary.get("steps") == config.total_steps and jax.process_index() == 0:
+        w = args.workdir
+        print(f"theta: {w}/theta   plot: {w}/meta_loss.png   tensorboard: {w}/tensorboard")
     return 0
 
 

@@ -33,6 +33,7 @@ from meta_train import pes as pes_lib
 from meta_train.config import MetaTrainConfig, Phase
 from meta_train.estimators import to_host
 from meta_train.learned_optimizer import VeLONetwork
+from meta_train.tensorboard_log import HELD_OUT_TAG, ScalarLog
 from tasks import phases as task_phases
 from tasks.base import TaskFamily, with_batch_size
 
@@ -213,8 +214,9 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) `config` in `workdir`: checkpoints, metrics.jsonl, meta_loss.png,
-    theta/ (the final θ in `velojax.optimizer.load_weights` format), summary.json.
+    """Run (or resume) `config` in `workdir`: checkpoints, metrics.jsonl (mirrored as
+    TensorBoard scalars in tensorboard/), meta_loss.png, theta/ (the final θ in
+    `velojax.optimizer.load_weights` format), summary.json.
     `stop_after` stops after that many outer steps of this call (for tests).
 
     With several processes (`jax.distributed`), every process runs this with the same
@@ -245,8 +247,10 @@ def train(
     eval_key = jax.random.PRNGKey(config.seed + 2)
     summary_path = workdir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() and start > 0 else {}
+    scalars = ScalarLog(workdir / "tensorboard", start, enabled=lead)
     if "eval_before" not in summary and config.eval_pairs:
         summary["eval_before"] = evaluate(config, fresh["theta"], eval_key)
+        scalars.scalar(HELD_OUT_TAG, summary["eval_before"], 0)
 
     total = config.total_steps
     bar = _progress(total, start, progress and lead)
@@ -260,6 +264,7 @@ def train(
             row["inner_steps_per_s"] = round(inner / max(row["elapsed_s"], 1e-9), 1)
             log.write(json.dumps(row) + "\n")
             log.flush()
+            scalars.write(row)
             rows.append(row)
             step = int(state["step"])
             if step % config.checkpoint_every == 0 or step == total:
@@ -273,10 +278,12 @@ def train(
 
         if config.eval_pairs:
             summary["eval_after"] = evaluate(config, state["theta"], eval_key)
+            scalars.scalar(HELD_OUT_TAG, summary["eval_after"], total)
         summary["steps"] = total
         if lead:
             save_weights(workdir / "theta", jax.tree.map(to_host, state["theta"]), gen_id=config.name, step=total)
             _plot(rows, workdir / "meta_loss.png", config.name)
+    scalars.close()
     if lead:
         summary_path.write_text(json.dumps(summary, indent=1))
     return summary

@@ -4,6 +4,7 @@ import dataclasses
 import math
 import os
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,26 @@ def run_cluster(command: list[str], num_processes: int = 2) -> list[str]:
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(out[-3000:] for out in outs)
     return outs
+
+
+def read_scalars(logdir: Path) -> tuple[dict[str, dict[int, float]], list[int]]:
+    """What TensorBoard shows of the event files in `logdir`: ({tag: {step: value}}, the
+    purge steps). Files are read in name order; a SessionLog START at step s (a purge)
+    drops the points logged before it at steps >= s."""
+    from tensorboardX.proto import event_pb2
+
+    scalars, purges = {}, []
+    for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):  # TFRecord framing: u64 length, u32 crc, payload, u32 crc
+            (size,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + size])
+            pos += 12 + size + 4
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                purges.append(event.step)
+                for series in scalars.values():
+                    for step in [s for s in series if s >= event.step]:
+                        del series[step]
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars, purges

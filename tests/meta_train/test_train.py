@@ -1,3 +1,4 @@
+import json
 import random
 import signal
 import subprocess
@@ -11,8 +12,9 @@ import pytest
 
 from meta_train import checkpointing, configs, train
 from meta_train.config import MetaTrainConfig, Phase
+from meta_train.tensorboard_log import HELD_OUT_TAG
 from tests.conftest import REPO
-from tests.meta_train.helpers import TINY_OVERRIDES, TINY_RUN, cli, run_cluster, subprocess_env
+from tests.meta_train.helpers import TINY_OVERRIDES, TINY_RUN, cli, read_scalars, run_cluster, subprocess_env
 from velojax.checkpoint import load_weights
 
 
@@ -58,7 +60,19 @@ def whole_run(tmp_path_factory) -> tuple[dict, dict]:
     with jax.numpy_dtype_promotion("standard"):
         summary = train.train(TINY_RUN, workdir, progress=False)
     assert (workdir / "meta_loss.png").stat().st_size > 1000
+    scalars, purges = read_scalars(workdir / "tensorboard")
+    assert scalars == _jsonl_scalars(workdir, summary) and purges == []
     return summary, load_weights(workdir / "theta", TINY_RUN.network())
+
+
+def _jsonl_scalars(workdir: Path, summary: dict) -> dict[str, dict[int, float]]:
+    """metrics.jsonl and the held-out meta-losses as TensorBoard would show them (float32)."""
+    f32 = lambda x: float(np.float32(x))  # noqa: E731
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    tags = {k for r in rows for k, v in r.items() if k != "step" and not isinstance(v, str)}
+    want = {tag: {r["step"]: f32(r[tag]) for r in rows} for tag in tags}
+    want[HELD_OUT_TAG] = {0: f32(summary["eval_before"]), summary["steps"]: f32(summary["eval_after"])}
+    return want
 
 
 def _assert_same(theta, workdir: Path, exact: bool = True):
@@ -78,6 +92,8 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, whole_run):
     assert split == summary and np.isfinite(summary["eval_after"])
     _assert_same(theta, tmp_path)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 4
+    scalars, purges = read_scalars(tmp_path / "tensorboard")  # the second file purges from step 4
+    assert purges == [4] and scalars == _jsonl_scalars(tmp_path, split)
 
 
 def test_another_config_in_the_same_workdir_is_refused(tmp_path):
