@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from meta_train import configs
@@ -21,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--init-theta", help="start from these meta-parameters (velojax checkpoint)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--mock-data",
+        action="store_true",
+        help="tfds datasets replaced by random mock examples: a smoke run of a config offline (meaningless metrics)",
+    )
     cluster = parser.add_argument_group("several processes (jax.distributed)")
     cluster.add_argument("--distributed", action="store_true", help="join a cluster detected from the environment "
                          "(TPU pods, Slurm, ...), or the one given by the flags below")  # fmt: skip
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
     from meta_train import train
+    from tasks import data
     from velojax.checkpoint import load_weights
 
     try:
@@ -45,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     theta = load_weights(args.init_theta, config.network()) if args.init_theta else None
     print(f"meta_train: {config.name}, {config.total_steps} outer steps, {jax.device_count()} device(s) in "
           f"{jax.process_count()} process(es), workdir {args.workdir}", flush=True)  # fmt: skip
-    with jax.numpy_dtype_promotion("standard"):
+    mock = data.mock_real_datasets(num_examples=200) if args.mock_data else contextlib.nullcontext()
+    with mock, jax.numpy_dtype_promotion("standard"):
         summary = train.train(config, args.workdir, init_theta=theta, progress=not args.no_progress)
     before, after = summary.get("eval_before"), summary.get("eval_after")
     if before is not None and after is not None:

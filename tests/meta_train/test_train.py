@@ -138,3 +138,18 @@ def test_two_processes_make_the_one_process_update(tmp_path, whole_run):
     outs = run_cluster(_cli(tmp_path))
     assert "2 device(s) in 2 process(es)" in outs[0]
     _assert_same(whole_run[1], tmp_path, exact=False)
+
+
+@pytest.mark.slow  # a VeLO-size network on the recipe's task distribution: ~100 s on 2 cores
+def test_velo_phase1_runs_offline_on_mock_data(tmp_path):
+    """The reference recipe's phase 1 (VeLO-size θ, its task distribution, tfds datasets
+    replaced by mock examples) runs two outer steps through the CLI and writes its outputs."""
+    overrides = ["steps=2", "estimates_per_step=1", "accumulate=1", "min_length=10", "max_length=20",
+                 "recompute_batches=2", "eval_pairs=2", "eval_length=10"]  # fmt: skip
+    done = subprocess.run(cli("velo_phase1", tmp_path, overrides) + ["--mock-data"], env=subprocess_env(),
+                          cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["theta_norm"]) for r in rows)
+    theta = load_weights(tmp_path / "theta", configs.get("velo_phase1").network())
+    assert sum(x.size for x in jax.tree.leaves(theta)) > 2_000_000  # the VeLO-size network
