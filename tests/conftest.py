@@ -1,11 +1,14 @@
-"""Test setup: 2 forced CPU devices (sharding tests), the persistent compilation cache,
-strict dtype promotion, and the reference oracle in ../shared (never read by the package)."""
+"""Test setup: 2 forced CPU devices (sharding tests) and cheap compiles (`xla_flags.py`), the
+persistent compilation cache, strict dtype promotion, and the reference oracle in ../shared
+(never read by the package)."""
 
 import os
 from pathlib import Path
 
+from tests.xla_flags import xla_flags
+
 # Must happen before jax initialises its backend.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+os.environ.setdefault("XLA_FLAGS", xla_flags(2))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("VELOJAX_OFFLINE", "1")  # no test may reach the network by accident
 # OpenBLAS (behind LAPACK calls on CPU) spins threads that stall for seconds on a busy 2-core machine.

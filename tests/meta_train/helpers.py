@@ -17,6 +17,7 @@ from meta_train.estimators import FullES
 from meta_train.learned_optimizer import VeLONetwork
 from tasks.families.quadratic import Quadratic
 from tests.conftest import REPO
+from tests.xla_flags import xla_flags
 from velojax.config import VeLOConfig
 
 QUADRATIC = Quadratic(dim=6, batch_size=2, noise=0.1)
@@ -111,10 +112,15 @@ def cli(config: str, workdir: Path, overrides: list[str]) -> list[str]:
     ] + overrides
 
 
-def subprocess_env(**extra: str) -> dict:
-    """The CLI's processes share the tests' compilation cache, small programs included."""
-    cache = dict(JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    return dict(os.environ, JAX_PLATFORMS="cpu", **cache, **extra)
+def subprocess_env(devices: int | None = None) -> dict:
+    """The environment of a CLI process: the tests' compilation cache (small programs
+    included) and, with `devices`, that many forced CPU devices and the tests' compile
+    flags (as this process's, so that results can be compared bit for bit)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"))
+    env.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    if devices is not None:
+        env["XLA_FLAGS"] = xla_flags(devices)
+    return env
 
 
 def run_cluster(command: list[str], num_processes: int = 2) -> list[str]:
@@ -123,7 +129,7 @@ def run_cluster(command: list[str], num_processes: int = 2) -> list[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = subprocess_env(devices=1)
     cluster = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(num_processes)]
     procs = [
         subprocess.Popen(

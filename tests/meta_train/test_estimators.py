@@ -1,7 +1,6 @@
 import dataclasses
 import functools
 import json
-import os
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ from tests.meta_train.helpers import (
     SometimesNaN,
     WithoutAntithetic,
     small_es,
+    subprocess_env,
 )
 
 
@@ -238,8 +238,7 @@ def test_two_devices_give_the_one_device_estimate():
 
 @pytest.mark.slow  # a subprocess with 8 forced devices (~60 s cold); 2 devices run in process above
 def test_eight_devices_give_the_one_device_estimate():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    env.update(JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = subprocess_env(devices=8)
     proc = subprocess.run(
         [sys.executable, "-c", _SHARDED.format(repo=str(REPO))], env=env, capture_output=True, text=True, timeout=600
     )

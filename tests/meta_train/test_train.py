@@ -117,7 +117,7 @@ def _cli(workdir: Path) -> list[str]:
 
 
 def test_sigkilled_run_resumes_bit_identically(tmp_path, whole_run):
-    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")  # this process's mesh
+    env = subprocess_env(devices=2)  # this process's mesh
     proc = subprocess.Popen(_cli(tmp_path), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (tmp_path / "checkpoints" / "1").exists() and proc.poll() is None and time.time() < deadline:
