@@ -30,11 +30,9 @@ FAMILY_MODULES = (
 def fixed_tasks() -> dict:
     """{name: constructor} of every fixed task, in registration order."""
     out: dict = {}
-    for module in FAMILY_MODULES + ("augmentations",):
+    for module in FAMILY_MODULES + ("augmentations", "small_fixed"):
         try:
-            mod = importlib.import_module(
-                f"tasks.families.{module}" if module != "augmentations" else "tasks.augmentations"
-            )
+            mod = importlib.import_module(f"tasks.families.{module}" if module in FAMILY_MODULES else f"tasks.{module}")
         except ModuleNotFoundError as err:
             if err.name and err.name.startswith("tasks"):
                 continue  # a family not built yet
