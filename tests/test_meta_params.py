@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from velojax import VeLOConfig, hand_designed_meta_params, init_meta_params, optimizer
+from velojax import meta_params as meta_params_lib
 from velojax.meta_params import config_from_meta_params, meta_param_shapes, num_meta_params, path_str
 
 
@@ -111,3 +112,27 @@ def test_hand_designed_weights_train():
         params, state, loss = step(params, state)
         first = first if first is not None else float(loss)
     assert float(loss) < 0.5 * first
+
+
+def _lr_mult_at(meta, fraction: float) -> float:
+    from velojax.velo_network import LSTMState, rnn_forward
+
+    x = np.zeros((1, 30), np.float32)
+    x[0, :9] = np.tanh(10.0 * (fraction - np.asarray(meta_params_lib.TIME_CENTERS)))
+    width = meta["lstm_init_state"]["hidden"].shape[-1]
+    state = LSTMState(jnp.zeros((1, width)), jnp.zeros((1, width)))
+    controls, lr_mult, _ = rnn_forward(meta["rnn_params"], jnp.asarray(x), state)
+    return float(lr_mult[0]), np.asarray(controls[0])
+
+
+@pytest.mark.parametrize("key", [None, jax.random.PRNGKey(3)])
+def test_scheduled_meta_params_decay_the_step_along_a_cosine(key):
+    config = VeLOConfig.small(32, 8)
+    meta = meta_params_lib.scheduled_meta_params(config, lr_mult=10.0, key=key, control=0.1)
+    meta_params_lib.check_meta_params(meta, config)
+    for f in (0.0, 0.25, 0.5, 0.75, 1.0):
+        lr_mult, controls = _lr_mult_at(meta, f)
+        assert abs(lr_mult - 10.0 * 0.5 * (1 + np.cos(np.pi * f))) < 0.5, (f, lr_mult)
+        np.testing.assert_allclose(controls, 0.1, atol=0.02 if key is not None else 1e-6)
+    with pytest.raises(ValueError, match="lstm_hidden_size >= 9"):
+        meta_params_lib.scheduled_meta_params(VeLOConfig.small(8, 4))

@@ -186,3 +186,81 @@ def hand_designed_meta_params(config: VeLOConfig = VELO, lr_mult: float = 10.0) 
         else:
             w[:, 0, 0], w[:, 1, 0] = 0.01, -0.01
     return jax.tree.map(jnp.asarray, meta)
+
+
+#: Centres of VeLO's 9 time features tanh(10 (fraction_trained - c)) (`velo_features`).
+TIME_CENTERS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
+_PASS = 6.0  # gate pre-activation that makes an input/output gate ~1 (sigmoid(6) = 0.9975)
+
+
+def _time_unit_response(fraction: np.ndarray) -> np.ndarray:
+    """h'[f, k] of the pass-through LSTM units of `scheduled_meta_params` at fraction f:
+    input and output gates open, memory closed, so h' = tanh(tanh(time feature k))."""
+    features = np.tanh(10.0 * (fraction[:, None] - np.asarray(TIME_CENTERS)[None]))
+    return np.tanh(np.tanh(features))
+
+
+def cosine_readout() -> tuple[np.ndarray, float]:
+    """(w [9], b): the least-squares fit of b + w . h'(f) to 0.5 (1 + cos(pi f)) on
+    f in [0, 1] (max error 0.03)."""
+    f = np.linspace(0.0, 1.0, 401)
+    design = np.concatenate([_time_unit_response(f), np.ones((f.size, 1))], axis=1)
+    coef, *_ = np.linalg.lstsq(design, 0.5 * (1.0 + np.cos(np.pi * f)), rcond=None)
+    return coef[:-1], float(coef[-1])
+
+
+def scheduled_meta_params(
+    config: VeLOConfig = VELO,
+    lr_mult: float = 10.0,
+    key: jax.Array | None = None,
+    noise: float = 0.1,
+    control: float = 0.1,
+) -> MetaParams:
+    """A designed starting point for meta-training: `hand_designed_meta_params`' step
+    (the normalised m * rsqrt(rms) of the shortest momentum, scaled per tensor by
+    RMS(p) * step_mult * lr_mult) with a cosine decay over the run written into the LSTM.
+
+    LSTM units 0..8 pass VeLO's 9 time features through (input/output gates open, memory
+    closed), and the step-size head reads them with `cosine_readout`, so the step
+    multiplier falls from lr_mult to ~0 as fraction_trained goes 0 -> 1. With `key`, the
+    other LSTM units, the control head and the MLP bank get `noise` x the fresh
+    initialisation (`init_meta_params`; scaled like the controls and the bank), so
+    that ES perturbations of every part change the update to first order; the step-size
+    readout of those units stays 0. Needs lstm_hidden_size >= 9.
+
+    Every bank entry weighs `control` (the control head's bias) and holds the MLP weights
+    / (100 control), which gives the same MLP. The choice sets what ES perturbations of a
+    given size do: the MLP is mixed as (100/P) sum_k c_k W_k, so a small `control` with
+    large entries makes perturbations of the entries small relative to the weights, while
+    perturbing the controls rescales every layer (a step-size direction).
+    """
+    if config.lstm_hidden_size < len(TIME_CENTERS):
+        raise ValueError(f"scheduled_meta_params needs lstm_hidden_size >= {len(TIME_CENTERS)}.")
+    meta = jax.tree.map(np.array, hand_designed_meta_params(config, lr_mult=1.0))  # controls 1
+    for leaf in meta["ff_mod_stack"]["~"].values():
+        leaf /= control
+    rnn, width = meta["rnn_params"], config.lstm_hidden_size
+    rnn["rnn_to_controls"]["b"][:] = control
+    units = np.arange(len(TIME_CENTERS))
+    gates_w, gates_b = rnn[LSTM_GATES]["w"], rnn[LSTM_GATES]["b"]  # gate blocks i, g, f, o
+    if key is not None:
+        fresh = jax.tree.map(np.asarray, init_meta_params(key, config))
+        live = np.ones(width, bool)
+        live[units] = False
+        gates_w[:, np.tile(live, 4)] = noise * fresh["rnn_params"][LSTM_GATES]["w"][:, np.tile(live, 4)]
+        rnn["linear_2"]["w"][:] = noise * fresh["rnn_params"]["linear_2"]["w"]
+        rnn["rnn_to_controls"]["w"][:] = noise * control * fresh["rnn_params"]["rnn_to_controls"]["w"]
+        for name, leaf in meta["ff_mod_stack"]["~"].items():
+            leaf += noise * fresh["ff_mod_stack"]["~"][name] / (100.0 * control)
+    rnn["linear_2"]["w"][:, units] = 0.0
+    rnn["linear_2"]["w"][units, units] = 1.0  # time features are the first 9 LSTM inputs
+    gates_w[:, width + units] = 0.0
+    gates_w[units, width + units] = 1.0  # cell input g_k = LSTM input k (time feature k)
+    gates_b[units] = _PASS  # input gate
+    gates_b[2 * width + units] = -_PASS - 1.0  # forget gate (haiku adds +1): no memory
+    gates_b[3 * width + units] = _PASS  # output gate
+    w, b = cosine_readout()
+    rnn["step_size"]["w"][:, 0] = 0.0
+    rnn["step_size"]["w"][units, 0] = lr_mult * w
+    rnn["step_size"]["b"][0] = lr_mult * b
+    return jax.tree.map(jnp.asarray, meta)
