@@ -6,16 +6,20 @@ import dataclasses
 import json
 from typing import Any
 
+from tasks.distribution import TaskDistribution
 from velojax.config import VELO, VeLOConfig
 
 ESTIMATORS = ("full_es", "pes")
+INITS = ("random", "hand_designed", "scheduled")
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """One curriculum phase: `steps` outer steps, rollout lengths ~ LogUniform[min, max],
-    and the tasks. Tasks are either fixed tasks by name (`tasks`) or a `tasks.phases`
-    distribution (`distribution` = 1 or 2, cost-filtered by its `max_time` budgets).
+    and the tasks. Tasks are fixed tasks by name (`tasks`), a VeLO phase distribution of
+    `tasks.phases` (`distribution` = 1 or 2, cost-filtered by its `max_time` budgets), or
+    the phase's own `tasks.distribution.TaskDistribution` (`custom`: families, ranges,
+    datasets, a FLOPs budget, excluded fixed tasks).
     A pool of `pool_size` families (the tasks, or draws from the distribution) is
     redrawn every `resample_every` outer steps; each estimate uses one family of the pool.
     `offline` replaces every dataset by offline ones; `batch_size` overrides the tasks'."""
@@ -25,6 +29,7 @@ class Phase:
     max_length: int
     tasks: tuple[str, ...] = ()
     distribution: int | None = None
+    custom: TaskDistribution | None = None
     offline: bool = False
     batch_size: int | None = None
     pool_size: int = 8
@@ -32,8 +37,13 @@ class Phase:
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
-        if bool(self.tasks) == (self.distribution is not None):
-            raise ValueError("a Phase needs exactly one of `tasks` (fixed-task names) or `distribution` (1 or 2)")
+        if isinstance(self.custom, dict):  # from JSON
+            object.__setattr__(self, "custom", TaskDistribution.from_dict(self.custom))
+        if sum((bool(self.tasks), self.distribution is not None, self.custom is not None)) != 1:
+            raise ValueError(
+                "a Phase needs exactly one of `tasks` (fixed-task names), `distribution` (1 or 2) "
+                "or `custom` (a tasks.distribution.TaskDistribution)"
+            )
         if self.steps < 1 or self.pool_size < 1 or self.resample_every < 1:
             raise ValueError("steps, pool_size and resample_every must be >= 1")
         if not 1 <= self.min_length <= self.max_length:
@@ -51,7 +61,21 @@ class MetaTrainConfig:
     antithetic pairs per estimate and `estimates_per_step` estimates averaged per outer
     step. Meta-optimizer (reference spec §4.1): element-wise clip to ±`clip`, then
     Adam(`meta_lr`, eps_root) stepping every `accumulate` outer steps on the mean of the
-    clipped gradients; a non-finite gradient is skipped (and counted), never applied."""
+    clipped gradients, with the learning rate cosine-decayed to `meta_lr_final_fraction`
+    of `meta_lr` over the run (1.0: constant); a non-finite gradient is skipped (and
+    counted), never applied.
+
+    Initial θ (`init`): "random" (the reference's initialisation), "hand_designed"
+    (`velojax.meta_params.hand_designed_meta_params(lr_mult=init_lr_mult)`) or
+    "scheduled" (`scheduled_meta_params(lr_mult=init_lr_mult)`, its other parts at
+    `init_noise` x the random initialisation). `--init-theta` on the CLI overrides it.
+
+    Validation: every `validate_every` outer steps (and before the first and after the
+    last), θ's normalised final loss (`last_recompute`) on each `validation` entry
+    (fixed-task name, rollout length), `validation_seeds` task seeds each; the mean is
+    logged as `val_meta_loss` and the best θ by it is kept (`best_theta/`). The tasks
+    should never be in a training pool (list them in the custom distributions'
+    `exclude`)."""
 
     name: str
     phases: tuple[Phase, ...]
@@ -68,6 +92,7 @@ class MetaTrainConfig:
     estimator: str = "full_es"
     trunc_length: int = 50  # PES: inner steps per estimate (a multiple of chunk)
     meta_lr: float = 3e-4
+    meta_lr_final_fraction: float = 1.0
     clip: float = 3.0
     accumulate: int = 1
     eps_root: float = 1e-8
@@ -76,9 +101,24 @@ class MetaTrainConfig:
     keep_checkpoints: int = 3
     eval_pairs: int = 8  # held-out tasks evaluated before and after (0: none)
     eval_length: int | None = None  # default: the first phase's max_length
+    init: str = "random"
+    init_lr_mult: float = 10.0
+    init_noise: float = 0.1
+    validation: tuple[tuple[str, int], ...] = ()
+    validate_every: int = 0  # 0: only before the first and after the last step
+    validation_seeds: int = 2
 
     def __post_init__(self):
         object.__setattr__(self, "phases", tuple(self.phases))
+        object.__setattr__(self, "validation", tuple((str(t), int(n)) for t, n in self.validation))
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.validate_every < 0 or self.validation_seeds < 1:
+            raise ValueError("validate_every must be >= 0 and validation_seeds >= 1")
+        if any(n < 1 for _, n in self.validation):
+            raise ValueError(f"validation lengths must be >= 1, got {self.validation}")
+        if not 0.0 <= self.meta_lr_final_fraction <= 1.0:
+            raise ValueError(f"meta_lr_final_fraction must be in [0, 1], got {self.meta_lr_final_fraction}")
         if not self.phases:
             raise ValueError("a MetaTrainConfig needs at least one Phase")
         for name in ("num_pairs", "estimates_per_step", "accumulate", "checkpoint_every", "keep_checkpoints"):

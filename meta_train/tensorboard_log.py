@@ -15,6 +15,7 @@ from pathlib import Path
 
 # The held-out meta-loss before (step 0) and after (the last step) meta-training.
 HELD_OUT_TAG = "held_out_meta_loss"
+VALIDATION_TAG = "val_meta_loss"  # the mean over the config's validation tasks
 
 
 class ScalarLog:

@@ -33,9 +33,11 @@ from meta_train import pes as pes_lib
 from meta_train.config import MetaTrainConfig, Phase
 from meta_train.estimators import to_host
 from meta_train.learned_optimizer import VeLONetwork
-from meta_train.tensorboard_log import HELD_OUT_TAG, ScalarLog
+from meta_train.tensorboard_log import HELD_OUT_TAG, VALIDATION_TAG, ScalarLog
 from tasks import phases as task_phases
 from tasks.base import TaskFamily, with_batch_size
+from velojax import meta_params as meta_params_lib
+from velojax.files import write_atomic
 
 PyTree = Any
 
@@ -49,7 +51,11 @@ class TrainState(dict):
 def meta_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
     """clip ±clip → mean over `accumulate` steps → Adam(meta_lr, eps_root); a step with a
     non-finite gradient is skipped (its count is in the state)."""
-    adam = optax.adam(config.meta_lr, eps_root=config.eps_root)
+    lr = config.meta_lr
+    if config.meta_lr_final_fraction != 1.0:  # decays per Adam step (every `accumulate` outer steps)
+        lr = optax.cosine_decay_schedule(lr, max(1, config.total_steps // config.accumulate),
+                                         alpha=config.meta_lr_final_fraction)  # fmt: skip
+    adam = optax.adam(lr, eps_root=config.eps_root)
     inner = optax.chain(optax.clip(config.clip), optax.MultiSteps(adam, every_k_schedule=config.accumulate))
     return optax.apply_if_finite(inner, max_consecutive_errors=2**31 - 1)
 
@@ -88,9 +94,19 @@ def pes_estimator(config: MetaTrainConfig, phase: Phase) -> pes_lib.TruncatedPES
     )
 
 
+def initial_theta(config: MetaTrainConfig) -> PyTree:
+    """θ at step 0 as `config.init` names it (see `MetaTrainConfig`)."""
+    key, network = jax.random.PRNGKey(config.seed), config.network()
+    if config.init == "hand_designed":
+        return meta_params_lib.hand_designed_meta_params(network, lr_mult=config.init_lr_mult)
+    if config.init == "scheduled":
+        return meta_params_lib.scheduled_meta_params(network, config.init_lr_mult, key, config.init_noise)
+    return VeLONetwork(network).init_theta(key)
+
+
 def init_state(config: MetaTrainConfig, theta: PyTree | None = None) -> TrainState:
     if theta is None:
-        theta = VeLONetwork(config.network()).init_theta(jax.random.PRNGKey(config.seed))
+        theta = initial_theta(config)
     return TrainState(theta=theta, opt_state=meta_optimizer(config).init(theta), step=np.int64(0))
 
 
@@ -100,6 +116,9 @@ def task_pool(config: MetaTrainConfig, phase_index: int, epoch: int) -> tuple[Ta
     phase = config.phases[phase_index]
     if phase.tasks:
         pool = [tasks.get(name) for name in phase.tasks]
+    elif phase.custom is not None:
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), phase_index), epoch)
+        pool = [phase.custom.sample(k) for k in jax.random.split(key, phase.pool_size)]
     else:
         datasets = _offline_datasets() if phase.offline else None
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), phase_index), epoch)
@@ -110,6 +129,17 @@ def task_pool(config: MetaTrainConfig, phase_index: int, epoch: int) -> tuple[Ta
     if phase.batch_size is not None:
         pool = [with_batch_size(f, phase.batch_size) for f in pool]
     return tuple(pool)
+
+
+def task_pools(config: MetaTrainConfig) -> list[tuple[int, int, tuple[TaskFamily, ...]]]:
+    """[(phase, resampling epoch, pool)] of every pool a whole run of `config` draws
+    from (a run is a function of its config, so this lists every task it can train on)."""
+    pools, start = [], 0
+    for index, phase in enumerate(config.phases):
+        for epoch in range(start // phase.resample_every, (start + phase.steps - 1) // phase.resample_every + 1):
+            pools.append((index, epoch, task_pool(config, index, epoch)))
+        start += phase.steps
+    return pools
 
 
 def family_at(config: MetaTrainConfig, step: int, estimate: int = 0) -> TaskFamily:
@@ -206,6 +236,59 @@ def evaluate(config: MetaTrainConfig, theta: PyTree, key: jax.Array, mesh=None) 
     return es.evaluate(theta, key, family, mesh)
 
 
+def validate(config: MetaTrainConfig, theta: PyTree, mesh=None) -> dict[str, float]:
+    """{"<task>@<length>": θ's mean normalised final loss (`last_recompute`, no
+    perturbation) over `validation_seeds` seeds} for every `config.validation` entry. The
+    same task seeds and data at every call, so values at different steps compare."""
+    base = full_es(config, config.phases[0])
+    out = {}
+    for i, (name, length) in enumerate(config.validation):
+        es = dataclasses.replace(
+            base, num_pairs=config.validation_seeds, min_length=length, max_length=length,
+            length_multiple=_divisor_at_most(config.chunk, length), loss_type="last_recompute",
+        )  # fmt: skip
+        key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 5), i)
+        out[f"{name}@{length}"] = es.evaluate(theta, key, tasks.get(name), mesh)
+    return out
+
+
+def _divisor_at_most(chunk: int, length: int) -> int:
+    """The largest divisor of `chunk` that divides `length` (so a length is run exactly)."""
+    return max(d for d in range(1, chunk + 1) if chunk % d == 0 and length % d == 0)
+
+
+class _Validation:
+    """Validation results in `summary["validation"]` ([{step, val_meta_loss, tasks}]) and
+    the best θ by them, written to `workdir/best_theta` (official weights format)."""
+
+    def __init__(self, config: MetaTrainConfig, workdir: Path, summary: dict, start: int, lead: bool):
+        self.config, self.path, self.lead = config, workdir / "best_theta", lead
+        self.history = [v for v in summary.get("validation", []) if v["step"] <= start]  # drop a killed run's
+        summary["validation"] = self.history
+
+    @property
+    def best(self) -> dict | None:
+        finite = [v for v in self.history if np.isfinite(v["val_meta_loss"])]
+        return min(finite, key=lambda v: (v["val_meta_loss"], v["step"])) if finite else None
+
+    def due(self, step: int) -> bool:
+        every, total = self.config.validate_every, self.config.total_steps
+        done = any(v["step"] == step for v in self.history)
+        return bool(self.config.validation) and not done and (step in (0, total) or (every and step % every == 0))
+
+    def run(self, theta: PyTree, step: int, mesh=None) -> float:
+        per_task = validate(self.config, theta, mesh)
+        values = np.asarray(list(per_task.values()), np.float64)
+        mean = float(values.mean()) if np.all(np.isfinite(values)) else float("nan")
+        before = self.best
+        self.history.append({"step": step, "val_meta_loss": mean, "tasks": per_task})
+        if self.lead and np.isfinite(mean) and (before is None or mean < before["val_meta_loss"]):
+            from velojax.checkpoint import save_weights
+
+            save_weights(self.path, jax.tree.map(to_host, theta), gen_id=f"{self.config.name}-best", step=step)
+        return mean
+
+
 def train(
     config: MetaTrainConfig,
     workdir: str | Path,
@@ -218,9 +301,13 @@ def train(
     TensorBoard scalars in tensorboard/), meta_loss.png, theta/ (the final θ in
     `velojax.optimizer.load_weights` format), summary.json.
     `stop_after` stops after that many outer steps of this call (for tests).
+    With `config.validation`, θ is validated before the first step, every
+    `validate_every` steps and after the last (`val_meta_loss` in the metrics, the
+    history in summary.json) and the best θ so far is in best_theta/.
 
     With several processes (`jax.distributed`), every process runs this with the same
     arguments and a shared `workdir`; process 0 writes the metrics, plot and θ."""
+    call_t0 = time.perf_counter()
     workdir = Path(workdir)
     lead = jax.process_index() == 0
     if jax.process_count() > 1:  # every process must own a share of every program's pairs
@@ -251,6 +338,10 @@ def train(
     if "eval_before" not in summary and config.eval_pairs:
         summary["eval_before"] = evaluate(config, fresh["theta"], eval_key)
         scalars.scalar(HELD_OUT_TAG, summary["eval_before"], 0)
+    validation = _Validation(config, workdir, summary, start, lead)
+    if validation.due(start):  # step 0 (or a resumed step whose validation was lost)
+        scalars.scalar(VALIDATION_TAG, validation.run(state["theta"], start, mesh), start)
+        _write_summary(summary_path, summary, lead)
 
     total = config.total_steps
     bar = _progress(total, start, progress and lead)
@@ -262,6 +353,11 @@ def train(
             inner += row["inner_steps"]
             row["elapsed_s"] = round(time.perf_counter() - t0, 3)
             row["inner_steps_per_s"] = round(inner / max(row["elapsed_s"], 1e-9), 1)
+            if validation.due(row["step"]):
+                row["val_meta_loss"] = validation.run(state["theta"], row["step"], mesh)
+                _write_summary(summary_path, summary, lead)
+                if lead:  # watchable while it runs
+                    _plot(rows + [row], workdir / "meta_loss.png", config.name, validation.history)
             log.write(json.dumps(row) + "\n")
             log.flush()
             scalars.write(row)
@@ -282,11 +378,19 @@ def train(
         summary["steps"] = total
         if lead:
             save_weights(workdir / "theta", jax.tree.map(to_host, state["theta"]), gen_id=config.name, step=total)
-            _plot(rows, workdir / "meta_loss.png", config.name)
+            _plot(rows, workdir / "meta_loss.png", config.name, validation.history)
+    if validation.best is not None:
+        summary["best"] = {k: validation.best[k] for k in ("step", "val_meta_loss")}
+    # wall time of the calls that returned (a killed call's time is not counted)
+    summary["wall_time_s"] = round(summary.get("wall_time_s", 0.0) + time.perf_counter() - call_t0, 1)
     scalars.close()
-    if lead:
-        summary_path.write_text(json.dumps(summary, indent=1))
+    _write_summary(summary_path, summary, lead)
     return summary
+
+
+def _write_summary(path: Path, summary: dict, lead: bool) -> None:
+    if lead:
+        write_atomic(path, json.dumps(summary, indent=1))
 
 
 def _check_config(config: MetaTrainConfig, workdir: Path, write: bool = True) -> None:
@@ -328,7 +432,7 @@ def _progress(total: int, start: int, enabled: bool):
     return tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
 
 
-def _plot(rows: list[dict], path: Path, title: str) -> None:
+def _plot(rows: list[dict], path: Path, title: str, validation: list[dict] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -342,6 +446,9 @@ def _plot(rows: list[dict], path: Path, title: str) -> None:
         w = max(5, len(losses) // 20)
         smooth = np.convolve(losses, np.ones(w) / w, mode="valid")
         ax.plot(steps[w - 1 :], smooth, lw=2, label=f"mean of {w}")
+    if validation:
+        ax.plot([v["step"] for v in validation], [v["val_meta_loss"] for v in validation], "o-", lw=1.5,
+                label="validation (held-out tasks, final loss)")  # fmt: skip
     ax.set(xlabel="outer step", ylabel="meta-loss (normalised)", title=title)
     ax.legend()
     fig.tight_layout()
@@ -359,5 +466,7 @@ __all__ = [
     "init_state",
     "meta_optimizer",
     "outer_step",
+    "task_pools",
     "train",
+    "validate",
 ]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from meta_train.config import MetaTrainConfig
-from meta_train.configs import gpu8_host, tiny_cpu, tiny_cpu_pes, velo_phases
+from meta_train.configs import gpu8_host, small_v1, tiny_cpu, tiny_cpu_pes, velo_phases
 
 _CONFIGS: dict[str, MetaTrainConfig] = {
     "tiny_cpu": tiny_cpu.CONFIG,
     "tiny_cpu_pes": tiny_cpu_pes.CONFIG,
+    "small_v1": small_v1.CONFIG,
     **velo_phases.CONFIGS,
     "gpu8_host": gpu8_host.CONFIG,
 }
