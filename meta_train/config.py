@@ -67,8 +67,8 @@ class MetaTrainConfig:
 
     Initial θ (`init`): "random" (the reference's initialisation), "hand_designed"
     (`velojax.meta_params.hand_designed_meta_params(lr_mult=init_lr_mult)`) or
-    "scheduled" (`scheduled_meta_params(lr_mult=init_lr_mult)`, its other parts at
-    `init_noise` x the random initialisation). `--init-theta` on the CLI overrides it.
+    "scheduled" (`scheduled_meta_params(lr_mult=init_lr_mult, decay=init_decay)`, its
+    other parts at `init_noise` x the random initialisation). `--init-theta` on the CLI overrides it.
 
     Validation: every `validate_every` outer steps (and before the first and after the
     last), θ's normalised final loss (`last_recompute`) on each `validation` entry
@@ -104,6 +104,7 @@ class MetaTrainConfig:
     init: str = "random"
     init_lr_mult: float = 10.0
     init_noise: float = 0.1
+    init_decay: float = 0.0
     validation: tuple[tuple[str, int], ...] = ()
     validate_every: int = 0  # 0: only before the first and after the last step
     validation_seeds: int = 2

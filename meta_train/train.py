@@ -100,7 +100,9 @@ def initial_theta(config: MetaTrainConfig) -> PyTree:
     if config.init == "hand_designed":
         return meta_params_lib.hand_designed_meta_params(network, lr_mult=config.init_lr_mult)
     if config.init == "scheduled":
-        return meta_params_lib.scheduled_meta_params(network, config.init_lr_mult, key, config.init_noise)
+        return meta_params_lib.scheduled_meta_params(
+            network, config.init_lr_mult, key, config.init_noise, decay=config.init_decay
+        )
     return VeLONetwork(network).init_theta(key)
 
 

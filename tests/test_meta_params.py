@@ -136,3 +136,18 @@ def test_scheduled_meta_params_decay_the_step_along_a_cosine(key):
         np.testing.assert_allclose(controls, 0.1, atol=0.02 if key is not None else 1e-6)
     with pytest.raises(ValueError, match="lstm_hidden_size >= 9"):
         meta_params_lib.scheduled_meta_params(VeLOConfig.small(8, 4))
+
+
+@jax.numpy_dtype_promotion("standard")
+def test_scheduled_meta_params_decay_shrinks_weights_by_the_set_fraction():
+    config = VeLOConfig.small(32, 8)
+    meta = meta_params_lib.scheduled_meta_params(config, lr_mult=30.0, decay=0.3)
+    params = {"w": jnp.full((4, 3), 0.5)}
+    tx = optimizer.velo(100, weights=meta, config=config)
+    updates, _ = tx.update({"w": jnp.zeros((4, 3))}, tx.init(params), params, value=jnp.float32(1.0))
+    # no gradient: the step is decay * lr_mult * step_mult * p at the start of the cosine
+    np.testing.assert_allclose(updates["w"] / params["w"], -0.3 * 30.0 * 1e-3, rtol=0.1)
+    plain = meta_params_lib.scheduled_meta_params(config, lr_mult=30.0)
+    tx = optimizer.velo(100, weights=plain, config=config)
+    updates, _ = tx.update({"w": jnp.zeros((4, 3))}, tx.init(params), params, value=jnp.float32(1.0))
+    np.testing.assert_array_equal(updates["w"], 0.0)

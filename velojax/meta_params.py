@@ -215,6 +215,7 @@ def scheduled_meta_params(
     key: jax.Array | None = None,
     noise: float = 0.1,
     control: float = 0.1,
+    decay: float = 0.0,
 ) -> MetaParams:
     """A designed starting point for meta-training: `hand_designed_meta_params`' step
     (the normalised m * rsqrt(rms) of the shortest momentum, scaled per tensor by
@@ -228,6 +229,11 @@ def scheduled_meta_params(
     that ES perturbations of every part change the update to first order; the step-size
     readout of those units stays 0. Needs lstm_hidden_size >= 9.
 
+    `decay` adds decay x the normalised parameter to the direction (MLP hidden units 2
+    and 3 pass the p channel through): p shrinks by lr_mult * step_mult * decay of itself
+    per step, which bounds the growth of the weights' norm that relative steps along the
+    momentum otherwise compound over long runs (needs ff_hidden_size >= 4 when nonzero).
+
     Every bank entry weighs `control` (the control head's bias) and holds the MLP weights
     / (100 control), which gives the same MLP. The choice sets what ES perturbations of a
     given size do: the MLP is mixed as (100/P) sum_k c_k W_k, so a small `control` with
@@ -237,6 +243,18 @@ def scheduled_meta_params(
     if config.lstm_hidden_size < len(TIME_CENTERS):
         raise ValueError(f"scheduled_meta_params needs lstm_hidden_size >= {len(TIME_CENTERS)}.")
     meta = jax.tree.map(np.array, hand_designed_meta_params(config, lr_mult=1.0))  # controls 1
+    if decay:
+        if config.ff_hidden_size < 4:
+            raise ValueError("scheduled_meta_params with decay needs ff_hidden_size >= 4.")
+        ff = meta["ff_mod_stack"]["~"]
+        group = list(MLP_INPUT_GROUPS).index("p")
+        ff[f"w0__{group}"][:, 0, 2], ff[f"w0__{group}"][:, 0, 3] = 0.01, -0.01  # relu(p), relu(-p)
+        for i in range(1, config.ff_hidden_layers + 1):
+            w = ff[f"w{i}"]
+            if i < config.ff_hidden_layers:
+                w[:, 2, 2] = w[:, 3, 3] = 0.01
+            else:
+                w[:, 2, 0], w[:, 3, 0] = 0.01 * decay, -0.01 * decay
     for leaf in meta["ff_mod_stack"]["~"].values():
         leaf /= control
     rnn, width = meta["rnn_params"], config.lstm_hidden_size
