@@ -3,8 +3,10 @@
     python -m velojax [--steps 300] [--weights PATH]
 
 The task is embedded (a fixed random teacher network labels Gaussian inputs), so the
-demo needs no data. VeLO uses the official pretrained weights when they are available
-(see `velojax.pretrained`); otherwise it says so and uses `hand_designed_meta_params`.
+demo needs no data. The learned optimizer is velojax's newest shipped weights
+(`optimizer.available_weights()[0]`, meta-trained by velojax itself, offline);
+`--weights` takes another shipped name or a checkpoint path, and `--pretrained` the
+official VeLO (downloaded once; offline it says so and falls back to the shipped weights).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import jax.numpy as jnp
 import optax
 
 from velojax import optimizer
-from velojax.meta_params import hand_designed_meta_params
 from velojax.pretrained import PretrainedWeightsUnavailable, load_pretrained
 
 
@@ -65,24 +66,25 @@ def train(tx: optax.GradientTransformation, steps: int, seed: int = 0) -> list[f
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m velojax", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--weights", help="a VeLO checkpoint (default: the pretrained VeLO, if available)")
+    parser.add_argument("--weights", help="shipped weights by name, or a VeLO checkpoint path "
+                        "(default: the newest shipped weights)")  # fmt: skip
+    parser.add_argument("--pretrained", action="store_true", help="use the official VeLO weights (download)")
     parser.add_argument("--adam-lr", type=float, default=3e-3)
     args = parser.parse_args(argv)
 
-    if args.weights:
-        weights, label = args.weights, f"VeLO ({args.weights})"
-    else:
+    shipped = optimizer.available_weights()[0]
+    weights, label = args.weights or shipped, f"learned: {args.weights or shipped}"
+    if args.pretrained:
         try:
             weights, label = load_pretrained(), "VeLO (official pretrained weights)"
         except PretrainedWeightsUnavailable as e:
             print(str(e).splitlines()[0])
-            print("-> using velojax's hand-designed meta-parameters instead (not learned; see the README).\n")
-            weights, label = hand_designed_meta_params(), "VeLO net, hand-designed weights"
+            print(f"-> using velojax's shipped learned optimizer {shipped!r} instead.\n")
 
     runs = {}
     for name, tx in (
         (label, optimizer.velo(args.steps, weights=weights)),
-        (f"Adam lr={args.adam_lr}", optax.adam(args.adam_lr)),
+        (f"Adam lr={args.adam_lr} (untuned)", optax.adam(args.adam_lr)),
     ):
         start = time.perf_counter()
         runs[name] = train(tx, args.steps)

@@ -48,15 +48,18 @@ from velojax.meta_params import (
     path_str,
 )
 from velojax.pretrained import PretrainedWeightsUnavailable, load_pretrained, pretrained_weights_path
+from velojax.shipped import available_weights, load_shipped
 
 __all__ = [
     "CheckpointError",
     "PretrainedWeightsUnavailable",
     "VeLOConfig",
     "VeLOState",
+    "available_weights",
     "init_meta_params",
     "leaf_accumulators",
     "load_pretrained",
+    "load_shipped",
     "load_weights",
     "num_meta_params",
     "pretrained_weights_path",
@@ -71,18 +74,23 @@ _MAX_STEPS = np.iinfo(np.int32).max
 
 
 def resolve_weights(weights: Any = None, config: VeLOConfig | None = None) -> tuple[MetaParams, VeLOConfig]:
-    """(meta-parameters, config) from a meta-parameter tree, a checkpoint path, or None
-    (the pretrained VeLO). Without `config`, the sizes are read off the weights and the
-    rest is VeLO's."""
+    """(meta-parameters, config) from a meta-parameter tree, the name of shipped weights
+    (`available_weights()`), a checkpoint path, or None (the pretrained VeLO). A string
+    that is a shipped name loads that file (sha256 checked) with its manifest's config;
+    any other string is a path. Without `config`, the sizes are read off the weights and
+    the rest is VeLO's."""
     if weights is None:
         weights = load_pretrained()
+    elif isinstance(weights, str) and weights in available_weights():
+        weights, shipped_config = load_shipped(weights)
+        config = config or shipped_config
     elif isinstance(weights, (str, os.PathLike)):
         weights = load_weights(weights, config)
     elif isinstance(weights, dict):
         weights = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), weights)
     else:
         raise TypeError(
-            "weights must be None (pretrained VeLO), a checkpoint path, or a meta-parameter dict; "
+            "weights must be None (pretrained VeLO), a shipped name, a checkpoint path, or a meta-parameter dict; "
             f"got {type(weights).__name__}."
         )
     if config is None:
@@ -176,7 +184,9 @@ def velo(
     Args:
       num_steps: how many updates the run will make (VeLO plans around it).
       weights: meta-parameters: None for the official pretrained VeLO (see
-        `velojax.pretrained`), a checkpoint path, or a meta-parameter tree.
+        `velojax.pretrained`), the name of weights shipped in the package
+        (`available_weights()`, e.g. "small_v1"; see `velojax.shipped`), a checkpoint
+        path, or a meta-parameter tree.
       config: the architecture; by default read off `weights` (VeLO's flags).
       weight_decay: as the reference's wrapper: adds weight_decay * p to each gradient
         and weight_decay * sum(p^2) to the loss VeLO sees. Off by default.
