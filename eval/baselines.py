@@ -127,22 +127,42 @@ def load_reference(path: str | Path) -> dict[str, Baseline]:
 
 class BaselineStore:
     """Baselines by task: from `reference` files first (if given), else computed with
-    `settings` and cached in `directory` (a rerun reads the cache)."""
+    `settings` and cached in `directory` (a rerun reads the cache).
 
-    def __init__(self, directory: str | Path, settings: BaselineSettings, reference: dict[str, Baseline] | None = None):
+    With `steps_multiple`, each task's sweep runs `steps_multiple` x that task's own
+    steps (the reference's 100k for 10k-step runs is 10x) instead of `settings.steps`."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        settings: BaselineSettings,
+        reference: dict[str, Baseline] | None = None,
+        steps_multiple: int | None = None,
+    ):
+        if steps_multiple is not None and steps_multiple < 1:
+            raise ValueError(f"steps_multiple must be >= 1, got {steps_multiple}")
         self.directory = Path(directory)
         self.settings = settings
         self.reference = reference or {}
+        self.steps_multiple = steps_multiple
 
-    def path(self, task: str) -> Path:
-        return self.directory / f"{task}__{self.settings.digest()}.npz"
+    def settings_for(self, task_steps: int | None = None) -> BaselineSettings:
+        """The sweep settings of a task run for `task_steps` steps."""
+        if self.steps_multiple is None or task_steps is None:
+            return self.settings
+        steps = self.steps_multiple * int(task_steps)
+        return dataclasses.replace(self.settings, steps=steps, eval_every=min(self.settings.eval_every, steps))
 
-    def get(self, task: str, family: TaskFamily, devices=None) -> Baseline:
+    def path(self, task: str, task_steps: int | None = None) -> Path:
+        return self.directory / f"{task}__{self.settings_for(task_steps).digest()}.npz"
+
+    def get(self, task: str, family: TaskFamily, devices=None, task_steps: int | None = None) -> Baseline:
         if task in self.reference:
             return self.reference[task]
-        path = self.path(task)
+        path = self.path(task, task_steps)
         if path.is_file():
             return Baseline.load(path)
-        baseline = compute(task, family, self.settings, devices)
-        baseline.save(path, self.settings)
+        settings = self.settings_for(task_steps)
+        baseline = compute(task, family, settings, devices)
+        baseline.save(path, settings)
         return baseline

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from eval import optimizers, report, runner, suites
 from tasks import data
 
 DEFAULT_COMPETITORS = ("adamw_cosine", "lion", "sgd_momentum")
+BASELINE_STEPS_MULTIPLE = 10  # the reference's 100k-step sweeps for 10k-step runs
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -31,7 +33,9 @@ def parser() -> argparse.ArgumentParser:
         "--optimizer", default="velo", help="velo, or an optax alias / adamw_cosine / sgd_momentum / adam_ref"
     )
     p.add_argument(
-        "--weights", help="velo's weights: a file, its directory, or a meta_train workdir (default: pretrained)"
+        "--weights",
+        help="velo's weights: a shipped name (e.g. small_v1), a file, its directory, or a meta_train workdir "
+        "(its best_theta/ if it validated; default: the official pretrained VeLO)",
     )
     p.add_argument("--grid", type=_floats, help="learning rates to tune a non-velo --optimizer over")
     p.add_argument("--suite", default="tiny", help=f"one of {', '.join(suites.names())}, or SUITE/FAMILY")
@@ -57,24 +61,29 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--baseline-lrs", type=_floats, default=optimizers.REFERENCE_LRS)
     p.add_argument("--baseline-seeds", type=int, default=5)
-    p.add_argument("--baseline-steps", type=int, help="Adam sweep length (default: 10x the task steps, as 100k/10k)")
+    p.add_argument(
+        "--baseline-steps", type=int, help="Adam sweep length for every task (default: 10x each task's own steps)"
+    )
     p.add_argument("--mock-data", action="store_true", help="tfds datasets replaced by random mock data (smoke tests)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
-def _specs(args) -> list:
+def _specs(args, extra: tuple = ()) -> list:
     main = optimizers.parse(args.optimizer, weights=args.weights, grid=args.grid)
+    if args.optimizer == "velo" and args.weights and main.source.startswith("shipped:"):
+        main = dataclasses.replace(main, label=str(args.weights))  # e.g. "small_v1", not "velo"
     competitors = [] if args.competitors == ["none"] else args.competitors
-    specs = [main] + [optimizers.OptaxSpec(c, tuple(args.competitor_grid)) for c in competitors if c != main.label]
-    return specs
+    specs = [main, *extra]
+    return specs + [optimizers.OptaxSpec(c, tuple(args.competitor_grid)) for c in competitors if c != main.label]
 
 
-def evaluate(args, notes: list[str] | None = None) -> Path:
+def evaluate(args, notes: list[str] | None = None, extra_specs: tuple = ()) -> Path:
+    """Run `args` (see `parser`); `extra_specs` are more optimizers under test, listed after the main one."""
     entries = suites.select(suites.get(args.suite), tasks_=args.tasks, families=args.families, steps=args.steps)
     suites.check_resolves(entries)
     steps = {e.steps for e in entries}
-    baseline_steps = args.baseline_steps or 10 * max(steps)
+    baseline_steps = args.baseline_steps or 10 * max(steps)  # per task (10x its steps) unless given
     settings = baselines_lib.BaselineSettings(
         lrs=tuple(args.baseline_lrs),
         seeds=args.baseline_seeds,
@@ -82,9 +91,10 @@ def evaluate(args, notes: list[str] | None = None) -> Path:
         eval_every=min(args.eval_every, baseline_steps),
     )
     reference = {} if args.baselines == "compute" else baselines_lib.load_reference(args.baselines)
-    store = baselines_lib.BaselineStore(args.out / "baselines", settings, reference)
+    multiple = None if args.baseline_steps else BASELINE_STEPS_MULTIPLE
+    store = baselines_lib.BaselineStore(args.out / "baselines", settings, reference, steps_multiple=multiple)
     eval_settings = runner.EvalSettings(seeds=args.seeds, eval_every=args.eval_every, batch_size=args.batch_size)
-    specs = _specs(args)
+    specs = _specs(args, tuple(extra_specs))
     start = time.time()
     mock = data.mock_real_datasets(num_examples=200) if args.mock_data else contextlib.nullcontext()
     with mock:
@@ -92,21 +102,24 @@ def evaluate(args, notes: list[str] | None = None) -> Path:
         used = {}
         for e in entries:
             with contextlib.suppress(Exception):  # the report draws what exists
-                if e.task in reference or store.path(e.task).is_file():
-                    used[e.task] = reference.get(e.task) or baselines_lib.Baseline.load(store.path(e.task))
+                if e.task in reference or store.path(e.task, e.steps).is_file():
+                    used[e.task] = reference.get(e.task) or baselines_lib.Baseline.load(store.path(e.task, e.steps))
     notes = list(notes or []) + [
         f"suite {args.suite}: {len(entries)} tasks, {', '.join(map(str, sorted(steps)))} steps; "
         f"optimizers: {', '.join(s.label for s in specs)}",
-        _baseline_note(entries, reference, args.baselines, settings),
+        _baseline_note(entries, reference, args.baselines, settings, multiple),
         f"evaluation time this run: {time.time() - start:.0f} s" + (" (mock data)" if args.mock_data else ""),
     ]
     path = report.write(results, args.out, used, title=f"{specs[0].label} on {args.suite}", notes=notes)
     return path
 
 
-def _baseline_note(entries, reference: dict, path: str, settings: baselines_lib.BaselineSettings) -> str:
+def _baseline_note(
+    entries, reference: dict, path: str, settings: baselines_lib.BaselineSettings, multiple: int | None = None
+) -> str:
     computed = sum(e.task not in reference for e in entries)
-    sweep = f"{len(settings.lrs)} LRs x {settings.seeds} seeds x {settings.steps} steps"
+    length = f"{multiple}x each task's steps" if multiple else f"{settings.steps} steps"
+    sweep = f"{len(settings.lrs)} LRs x {settings.seeds} seeds x {length}"
     if not reference:
         return f"Adam baselines: computed here ({sweep})"
     note = f"Adam baselines: the reference's published envelopes ({path}) for {len(entries) - computed} tasks"

@@ -78,8 +78,10 @@ class VeLOSpec:
 
 
 def weights_path(path: str | Path) -> Path:
-    """A weights file/dir, or a meta_train workdir (its `theta/`)."""
+    """A weights file/dir, or a meta_train workdir (its `best_theta/` when it validated, else `theta/`)."""
     path = Path(path)
+    if (path / "config.json").is_file() and (path / "best_theta").exists():
+        return path / "best_theta"
     if (path / "config.json").is_file() and (path / "theta").exists():
         return path / "theta"
     if not path.exists():
@@ -88,10 +90,14 @@ def weights_path(path: str | Path) -> Path:
 
 
 def velo(weights: str | Path | None = None, label: str = "velo") -> VeLOSpec:
-    """VeLO from a weights path / meta_train workdir, or the official pretrained weights."""
+    """VeLO from shipped weights by name, a weights path / meta_train workdir, or the
+    official pretrained weights."""
     if weights is None:
         meta, config = velo_optimizer.resolve_weights(None)
         source = "pretrained"
+    elif str(weights) in velo_optimizer.available_weights():
+        meta, config = velo_optimizer.resolve_weights(str(weights))
+        source = f"shipped:{weights}"
     else:
         path = weights_path(weights)
         meta, config = velo_optimizer.resolve_weights(str(path))

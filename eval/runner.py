@@ -120,7 +120,7 @@ def run_suite(
         todo = []
         for spec in specs:
             path = result_path(out, spec.label, entry.task)
-            key = _fingerprint(spec, entry, settings, store.settings.digest())
+            key = _fingerprint(spec, entry, settings, store.settings_for(entry.steps).digest())
             if path.is_file():
                 done = json.loads(path.read_text())
                 if done.get("key") == key:
@@ -133,7 +133,7 @@ def run_suite(
         baseline = None
         if reason is None:
             try:
-                baseline = store.get(entry.task, family)
+                baseline = store.get(entry.task, family, task_steps=entry.steps)
             except DatasetUnavailable as err:
                 reason = f"dataset not available: {str(err).splitlines()[0]}"
         for spec, path, key in todo:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import tasks
+from tasks import small_fixed
 
 DEFAULT_STEPS = 10_000
 
@@ -116,11 +117,19 @@ TINY = (
     SuiteEntry("ImageMLPAE_FashionMnist_128x32x128_bs128", steps=200),
 )
 
+#: velojax's own offline suites for the `small_v1` learned optimizer (`tasks.small_fixed`):
+#: 13 tasks of its training distribution that no training pool could draw, and 7 outside
+#: it, each with its own run length.
+HELDOUT_SMALL = tuple(SuiteEntry(n, steps) for n, steps in small_fixed.HELDOUT_STEPS.items())
+OOD_SMALL = tuple(SuiteEntry(n, steps) for n, steps in small_fixed.OOD_STEPS.items())
+
 _SUITES: dict[str, tuple[SuiteEntry, ...]] = {
     "velodrome83": tuple(SuiteEntry(n) for n in VELODROME83),
     "small_time_fixed": tuple(SuiteEntry(n) for n in SMALL_TIME_FIXED),
     "normalizers75": tuple(SuiteEntry(n) for n in NORMALIZER_SET),
     "tiny": TINY,
+    "heldout_small": HELDOUT_SMALL,
+    "ood_small": OOD_SMALL,
 }
 _PREFIXES = (
     ("ImageMLPAE_", "image_mlp_ae"),

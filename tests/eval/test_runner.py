@@ -162,3 +162,28 @@ def test_cli_runs_the_tiny_suite(tmp_path):
         assert 0.0 <= r["speedup"] <= 2.0 and np.isfinite(r["final_loss"])  # the envelope spans 20 steps
     text = (out / "report.md").read_text()
     assert all(t in text for t in res)
+
+
+def test_baseline_sweeps_run_ten_times_each_tasks_own_steps(family, tmp_path):
+    store = baselines.BaselineStore(tmp_path, TINY_BASELINE, steps_multiple=10)
+    assert store.settings_for(3).steps == 30 and store.settings_for(3).eval_every == 10
+    assert store.settings_for(None) == TINY_BASELINE
+    assert store.path(TASK, 3) != store.path(TASK, 4)
+    b = store.get(TASK, family, task_steps=3)
+    assert b.envelope.max_steps == 30 and store.path(TASK, 3).is_file()
+    with pytest.raises(ValueError, match="steps_multiple"):
+        baselines.BaselineStore(tmp_path, TINY_BASELINE, steps_multiple=0)
+
+
+def test_cli_sweeps_each_task_for_ten_times_its_steps(tmp_path):
+    out = tmp_path / "out"
+    argv = ["--optimizer=velo", "--weights=small_v1", "--suite=heldout_small",
+            "--tasks=ImageMLP_FashionMnist8_Relu24_bs64,Conv_FashionMnist8_Tanh12_bs48", "--steps=4",
+            "--eval-every=2", "--batch-size=8", "--competitors=none", "--baseline-lrs=3e-3,3e-2",
+            "--baseline-seeds=1", f"--out={out}", "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    res = runner.load_results(out)["small_v1"]  # shipped weights are labelled by their name
+    assert {r["status"] for r in res.values()} == {"ok"} and len(res) == 2
+    maxima = {baselines.Baseline.load(p).envelope.max_steps for p in (out / "baselines").glob("*.npz")}
+    assert maxima == {40}
+    assert "10x each task's steps" in (out / "report.md").read_text()
