@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from meta_train.config import MetaTrainConfig
 from velojax.checkpoint import load_weights, save_weights
 from velojax.files import write_atomic
@@ -59,8 +61,9 @@ def build_manifest(
             "command": command,
             "config": config.to_dict(),
             "commit": _commit(),
-            "outer_steps": summary.get("steps"),
-            "best_step": summary.get("best", {}).get("step"),
+            "outer_steps": _steps_done(workdir),
+            "outer_steps_planned": config.total_steps,
+            "best_step": _validation_points(summary).get("best_step"),
             "validation_first_last_best": _validation_points(summary),
             "wall_time_s": summary.get("wall_time_s"),
             "machine": _machine(),
@@ -72,11 +75,19 @@ def build_manifest(
 
 
 def _validation_points(summary: dict) -> dict[str, float]:
-    history = summary.get("validation", [])
+    """First, last and best validation meta-loss, and the best one's step."""
+    history = [v for v in summary.get("validation", []) if np.isfinite(v["val_meta_loss"])]
     if not history:
         return {}
-    best = min(history, key=lambda v: v["val_meta_loss"])
-    return {"first": history[0]["val_meta_loss"], "last": history[-1]["val_meta_loss"], "best": best["val_meta_loss"]}
+    best = min(history, key=lambda v: (v["val_meta_loss"], v["step"]))
+    return {"first": history[0]["val_meta_loss"], "last": history[-1]["val_meta_loss"],
+            "best": best["val_meta_loss"], "best_step": best["step"]}  # fmt: skip
+
+
+def _steps_done(workdir: Path) -> int:
+    """Outer steps the workdir's run has done (its metrics rows; a stopped run may be resumed)."""
+    path = workdir / "metrics.jsonl"
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
 
 
 def export(
