@@ -238,11 +238,12 @@ def evaluate(config: MetaTrainConfig, theta: PyTree, key: jax.Array, mesh=None) 
     return es.evaluate(theta, key, family, mesh)
 
 
-def validate(config: MetaTrainConfig, theta: PyTree, mesh=None) -> dict[str, float]:
+def validate(config: MetaTrainConfig, theta: PyTree) -> dict[str, float]:
     """{"<task>@<length>": θ's mean normalised final loss (`last_recompute`, no
     perturbation) over `validation_seeds` seeds} for every `config.validation` entry. The
-    same task seeds and data at every call, so values at different steps compare."""
-    base = full_es(config, config.phases[0])
+    same task seeds and data at every call, so values at different steps compare. The
+    seeds are spread over as many devices as divide their number."""
+    base, mesh = full_es(config, config.phases[0]), estimators.default_mesh(config.validation_seeds)
     out = {}
     for i, (name, length) in enumerate(config.validation):
         es = dataclasses.replace(
@@ -278,8 +279,8 @@ class _Validation:
         done = any(v["step"] == step for v in self.history)
         return bool(self.config.validation) and not done and (step in (0, total) or (every and step % every == 0))
 
-    def run(self, theta: PyTree, step: int, mesh=None) -> float:
-        per_task = validate(self.config, theta, mesh)
+    def run(self, theta: PyTree, step: int) -> float:
+        per_task = validate(self.config, theta)
         values = np.asarray(list(per_task.values()), np.float64)
         mean = float(values.mean()) if np.all(np.isfinite(values)) else float("nan")
         before = self.best
@@ -342,7 +343,7 @@ def train(
         scalars.scalar(HELD_OUT_TAG, summary["eval_before"], 0)
     validation = _Validation(config, workdir, summary, start, lead)
     if validation.due(start):  # step 0 (or a resumed step whose validation was lost)
-        scalars.scalar(VALIDATION_TAG, validation.run(state["theta"], start, mesh), start)
+        scalars.scalar(VALIDATION_TAG, validation.run(state["theta"], start), start)
         _write_summary(summary_path, summary, lead)
 
     total = config.total_steps
@@ -356,7 +357,7 @@ def train(
             row["elapsed_s"] = round(time.perf_counter() - t0, 3)
             row["inner_steps_per_s"] = round(inner / max(row["elapsed_s"], 1e-9), 1)
             if validation.due(row["step"]):
-                row["val_meta_loss"] = validation.run(state["theta"], row["step"], mesh)
+                row["val_meta_loss"] = validation.run(state["theta"], row["step"])
                 _write_summary(summary_path, summary, lead)
                 if lead:  # watchable while it runs
                     _plot(rows + [row], workdir / "meta_loss.png", config.name, validation.history)
