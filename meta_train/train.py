@@ -116,14 +116,13 @@ def init_state(config: MetaTrainConfig, theta: PyTree | None = None) -> TrainSta
 def task_pool(config: MetaTrainConfig, phase_index: int, epoch: int) -> tuple[TaskFamily, ...]:
     """The families of phase `phase_index` during resampling epoch `epoch`."""
     phase = config.phases[phase_index]
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), phase_index), epoch)
     if phase.tasks:
         pool = [tasks.get(name) for name in phase.tasks]
     elif phase.custom is not None:
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), phase_index), epoch)
         pool = [phase.custom.sample(k) for k in jax.random.split(key, phase.pool_size)]
     else:
         datasets = _offline_datasets() if phase.offline else None
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), phase_index), epoch)
         pool = [
             task_phases.sample_task(k, phase=phase.distribution, datasets=datasets).family
             for k in jax.random.split(key, phase.pool_size)
