@@ -65,7 +65,7 @@ def build_manifest(
             "outer_steps_planned": config.total_steps,
             "best_step": _validation_points(summary).get("best_step"),
             "validation_first_last_best": _validation_points(summary),
-            "wall_time_s": summary.get("wall_time_s"),
+            "wall_time_s": summary.get("wall_time_s") or _last_elapsed(workdir),
             "machine": _machine(),
         },
         "evaluation": evaluation or {},
@@ -82,6 +82,13 @@ def _validation_points(summary: dict) -> dict[str, float]:
     best = min(history, key=lambda v: (v["val_meta_loss"], v["step"]))
     return {"first": history[0]["val_meta_loss"], "last": history[-1]["val_meta_loss"],
             "best": best["val_meta_loss"], "best_step": best["step"]}  # fmt: skip
+
+
+def _last_elapsed(workdir: Path) -> float | None:
+    """The last metrics row's `elapsed_s` (the training loop of a run stopped before it returned)."""
+    path = workdir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1]).get("elapsed_s") if lines else None
 
 
 def _steps_done(workdir: Path) -> int:
