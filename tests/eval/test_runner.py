@@ -178,12 +178,12 @@ def test_baseline_sweeps_run_ten_times_each_tasks_own_steps(family, tmp_path):
 def test_cli_sweeps_each_task_for_ten_times_its_steps(tmp_path):
     out = tmp_path / "out"
     argv = ["--optimizer=velo", "--weights=small_v1", "--suite=heldout_small",
-            "--tasks=ImageMLP_FashionMnist8_Relu24_bs64,Conv_FashionMnist8_Tanh12_bs48", "--steps=4",
+            "--tasks=ImageMLP_FashionMnist8_Relu24_bs64", "--steps=4",
             "--eval-every=2", "--batch-size=8", "--competitors=none", "--baseline-lrs=3e-3,3e-2",
             "--baseline-seeds=1", f"--out={out}", "--no-progress"]  # fmt: skip
     assert cli.main(argv) == 0
     res = runner.load_results(out)["small_v1"]  # shipped weights are labelled by their name
-    assert {r["status"] for r in res.values()} == {"ok"} and len(res) == 2
+    assert {r["status"] for r in res.values()} == {"ok"} and len(res) == 1
     maxima = {baselines.Baseline.load(p).envelope.max_steps for p in (out / "baselines").glob("*.npz")}
     assert maxima == {40}
     assert "10x each task's steps" in (out / "report.md").read_text()

@@ -17,7 +17,8 @@ def _small_run():
         ["steps=2", "min_length=10", "max_length=20", "chunk=10", "recompute_batches=2", "num_pairs=2",
          "validate_every=1", "validation_seeds=1", "pool_size=2"]
     )  # fmt: skip
-    return dataclasses.replace(config, validation=tuple((t, 20) for t, _ in config.validation[:2]))
+    mlps = [t for t, _ in config.validation if t.startswith("ImageMLP_")]  # the cheapest to compile
+    return dataclasses.replace(config, validation=tuple((t, 20) for t in mlps))
 
 
 def test_small_v1_runs_two_outer_steps_validates_and_keeps_the_best_theta(tmp_path):
@@ -28,7 +29,7 @@ def test_small_v1_runs_two_outer_steps_validates_and_keeps_the_best_theta(tmp_pa
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["val_meta_loss"]) for r in rows)
     history = summary["validation"]
     assert [v["step"] for v in history] == [0, 1, 2]
-    assert all(len(v["tasks"]) == 2 for v in history)
+    assert all(len(v["tasks"]) == len(config.validation) == 2 for v in history)
     best = min(history, key=lambda v: v["val_meta_loss"])
     assert summary["best"] == {"step": best["step"], "val_meta_loss": best["val_meta_loss"]}
     best_theta = load_weights(tmp_path / "best_theta", config.network())
