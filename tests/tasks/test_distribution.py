@@ -3,6 +3,7 @@ tasks (`tasks.small_fixed`): reproducible draws, the budget, exclusions, and whi
 tasks lie inside or outside `small_v1`'s distribution."""
 
 import jax
+import numpy as np
 import pytest
 
 import tasks
@@ -28,7 +29,7 @@ def test_draws_are_reproducible_under_the_budget_and_of_every_family():
 def test_excluded_fixed_tasks_are_never_drawn():
     only = FamilyRange("image_mlp", datasets=("fashion_mnist",), image_sizes=(8, 8), widths=(24, 24),
                        depths=(1, 1), batch_sizes=(64, 64), activations=("relu",))  # fmt: skip
-    assert only.sample(__import__("numpy").random.default_rng(0)) == tasks.get("ImageMLP_FashionMnist8_Relu24_bs64")
+    assert only.sample(np.random.default_rng(0)) == tasks.get("ImageMLP_FashionMnist8_Relu24_bs64")
     with pytest.raises(ValueError, match="no task under"):
         TaskDistribution((only,), exclude=("ImageMLP_FashionMnist8_Relu24_bs64",), max_attempts=20).sample(
             jax.random.PRNGKey(0)
