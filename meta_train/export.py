@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from meta_train.config import MetaTrainConfig
+from meta_train.train import best_validation
 from velojax.checkpoint import load_weights, save_weights
 from velojax.files import write_atomic
 from velojax.shipped import sha256_of, weights_dir
@@ -76,10 +75,10 @@ def build_manifest(
 
 def _validation_points(summary: dict) -> dict[str, float]:
     """First, last and best validation meta-loss, and the best one's step."""
-    history = [v for v in summary.get("validation", []) if np.isfinite(v["val_meta_loss"])]
-    if not history:
+    history = summary.get("validation", [])
+    best = best_validation(history)
+    if best is None:
         return {}
-    best = min(history, key=lambda v: (v["val_meta_loss"], v["step"]))
     return {"first": history[0]["val_meta_loss"], "last": history[-1]["val_meta_loss"],
             "best": best["val_meta_loss"], "best_step": best["step"]}  # fmt: skip
 

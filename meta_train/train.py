@@ -259,6 +259,13 @@ def _divisor_at_most(chunk: int, length: int) -> int:
     return max(d for d in range(1, chunk + 1) if chunk % d == 0 and length % d == 0)
 
 
+def best_validation(history: list[dict]) -> dict | None:
+    """The entry of a validation history (summary.json's "validation") with the lowest
+    finite val_meta_loss (the earliest on ties), or None."""
+    finite = [v for v in history if np.isfinite(v["val_meta_loss"])]
+    return min(finite, key=lambda v: (v["val_meta_loss"], v["step"])) if finite else None
+
+
 class _Validation:
     """Validation results in `summary["validation"]` ([{step, val_meta_loss, tasks}]) and
     the best θ by them, written to `workdir/best_theta` (official weights format)."""
@@ -270,8 +277,7 @@ class _Validation:
 
     @property
     def best(self) -> dict | None:
-        finite = [v for v in self.history if np.isfinite(v["val_meta_loss"])]
-        return min(finite, key=lambda v: (v["val_meta_loss"], v["step"])) if finite else None
+        return best_validation(self.history)
 
     def due(self, step: int) -> bool:
         every, total = self.config.validate_every, self.config.total_steps

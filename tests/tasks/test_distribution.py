@@ -57,20 +57,18 @@ def _inside(family, dist: TaskDistribution) -> bool:
     """Whether some FamilyRange of `dist` can draw exactly this family."""
     if not isinstance(family, (ImageMLP, ImageConv, ImageMLPAE)):
         return False
+    widths = tuple(getattr(family, "widths", None) or family.hidden_sizes)
     for r in dist.families:
-        widths = set(getattr(family, "widths", getattr(family, "hidden_sizes", ())))
-        if (
-            build(r.kind, family.dataset, family.image_size, (0,), "relu", 1).__class__ is family.__class__
-            and family.dataset in r.datasets
+        drawable = (
+            family.dataset in r.datasets
             and r.image_sizes[0] <= (family.image_size or 0) <= r.image_sizes[1]
-            and len(widths) == 1 and r.widths[0] <= widths.pop() <= r.widths[1]
-            and r.depths[0] <= len(getattr(family, "widths", getattr(family, "hidden_sizes", ()))) <= r.depths[1]
+            and len(set(widths)) == 1 and r.widths[0] <= widths[0] <= r.widths[1]
+            and r.depths[0] <= len(widths) <= r.depths[1]
             and r.batch_sizes[0] <= family.batch_size <= r.batch_sizes[1]
             and family.activation in r.activations
-            and family == build(r.kind, family.dataset, family.image_size,
-                                getattr(family, "widths", getattr(family, "hidden_sizes", ())),
-                                family.activation, family.batch_size)
-        ):  # fmt: skip
+        )  # fmt: skip
+        args = (family.dataset, family.image_size, widths, family.activation, family.batch_size)
+        if drawable and family == build(r.kind, *args):
             return True
     return False
 
