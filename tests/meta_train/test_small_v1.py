@@ -17,8 +17,13 @@ def _small_run():
         ["steps=2", "min_length=10", "max_length=20", "chunk=10", "recompute_batches=2", "num_pairs=2",
          "validate_every=1", "validation_seeds=1", "pool_size=2"]
     )  # fmt: skip
-    mlps = [t for t, _ in config.validation if t.startswith("ImageMLP_")]  # the cheapest to compile
-    return dataclasses.replace(config, validation=tuple((t, 20) for t in mlps))
+    # MLPs only, in the pools and in validation: the cheapest to compile.
+    mlps = [t for t, _ in config.validation if t.startswith("ImageMLP_")]
+    phase = config.phases[0]
+    families = tuple(f for f in phase.custom.families if f.kind == "image_mlp")
+    custom = dataclasses.replace(phase.custom, families=families)
+    phases = (dataclasses.replace(phase, custom=custom),) + tuple(config.phases[1:])
+    return dataclasses.replace(config, validation=tuple((t, 20) for t in mlps), phases=phases)
 
 
 def test_small_v1_runs_two_outer_steps_validates_and_keeps_the_best_theta(tmp_path):
