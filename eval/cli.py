@@ -45,6 +45,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--families", type=_names, help="comma-separated families (a subset of the suite)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per optimizer run (vmapped)")
     p.add_argument("--eval-every", type=int, default=10, help="log the loss every N steps (reference: 10)")
+    p.add_argument(
+        "--final-eval-batches",
+        type=int,
+        default=runner.EvalSettings.final_eval_batches,
+        help="batches the scored final loss is averaged over (default: %(default)s; the reference: 10)",
+    )
     p.add_argument("--batch-size", type=int, help="override every task's batch size (smoke tests)")
     p.add_argument(
         "--competitors",
@@ -93,7 +99,12 @@ def evaluate(args, notes: list[str] | None = None, extra_specs: tuple = ()) -> P
     reference = {} if args.baselines == "compute" else baselines_lib.load_reference(args.baselines)
     multiple = None if args.baseline_steps else BASELINE_STEPS_MULTIPLE
     store = baselines_lib.BaselineStore(args.out / "baselines", settings, reference, steps_multiple=multiple)
-    eval_settings = runner.EvalSettings(seeds=args.seeds, eval_every=args.eval_every, batch_size=args.batch_size)
+    eval_settings = runner.EvalSettings(
+        seeds=args.seeds,
+        eval_every=args.eval_every,
+        final_eval_batches=args.final_eval_batches,
+        batch_size=args.batch_size,
+    )
     specs = _specs(args, tuple(extra_specs))
     start = time.time()
     mock = data.mock_real_datasets(num_examples=200) if args.mock_data else contextlib.nullcontext()

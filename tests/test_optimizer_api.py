@@ -69,10 +69,11 @@ def test_chain_with_global_norm_clipping(meta):
     chained = optax.chain(optax.clip_by_global_norm(1.0), optimizer.velo(10, weights=meta))
     plain = optimizer.velo(10, weights=meta)
     grads = grads_like(params, scale=10.0)  # global norm far above 1
-    u_chain, _ = chained.update(grads, chained.init(params), params, value=2.0)
+    u_chain, _ = jax.jit(chained.update)(grads, chained.init(params), params, value=2.0)
     clipped, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
-    u_plain, _ = plain.update(clipped, plain.init(params), params, value=2.0)
-    assert_trees_close(u_chain, u_plain, 1e-6)
+    u_plain, _ = jax.jit(plain.update)(clipped, plain.init(params), params, value=2.0)
+    # Fused and separate clipping round differently (~1e-5 relative); unclipped grads differ by O(1).
+    assert_trees_close(u_chain, u_plain, 1e-4)
 
 
 @jax.numpy_dtype_promotion("standard")  # optax.MultiSteps itself divides f32 by int32

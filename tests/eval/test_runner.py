@@ -187,3 +187,12 @@ def test_cli_sweeps_each_task_for_ten_times_its_steps(tmp_path):
     maxima = {baselines.Baseline.load(p).envelope.max_steps for p in (out / "baselines").glob("*.npz")}
     assert maxima == {40}
     assert "10x each task's steps" in (out / "report.md").read_text()
+
+
+def test_the_scored_final_loss_is_averaged_over_100_batches_unless_told():
+    assert cli.parser().parse_args(["--out", "x"]).final_eval_batches == runner.EvalSettings().final_eval_batches == 100
+    assert cli.parser().parse_args(["--out", "x", "--final-eval-batches", "7"]).final_eval_batches == 7
+    spec, entry = optimizers.OptaxSpec("adam", (1e-2,)), suites.SuiteEntry(TASK, steps=20)
+    fingerprint = lambda s: runner._fingerprint(spec, entry, s, "baseline")  # noqa: E731
+    # Results cached under the reference's 10 batches are not reused for 100.
+    assert fingerprint(runner.EvalSettings()) != fingerprint(runner.EvalSettings(final_eval_batches=10))
