@@ -73,7 +73,7 @@ def main() -> None:
     inside = [t for t, r in rows.items() if BAND[0] <= r["speedup"] <= BAND[1]]
     print(f"{len(inside)} of {len(rows)} tasks within {BAND[0]}-{BAND[1]}x ({args.seeds} seeds, {args.steps} steps)")
     if args.out:
-        args.out.write_text(json.dumps({"settings": vars(args) | {"baselines": str(args.baselines)}, "tasks": rows}))
+        args.out.write_text(json.dumps({"settings": vars(args), "tasks": rows}, indent=1, default=str))
 
 
 if __name__ == "__main__":
