@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    calibration = cost.default_calibration_families()
+    calibration = phases.calibration_families()
     model = cost.calibrate(calibration, use_cache=False)
     print(f"calibrated on {len(calibration)} configs in {time.perf_counter() - start:.0f} s: {model}", flush=True)
 
@@ -36,10 +36,10 @@ def main() -> None:
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.eval)
     print(f"{'kind':<15} {'predicted ms':>12} {'measured ms':>12} {'ratio':>7}  config")
     for key in keys:
-        task = phases.sample_task(key, 1, datasets=cost.OFFLINE_DATASETS)
+        task = phases.sample_task(key, 1, datasets=phases.OFFLINE_DATASETS)
         family = task.family.base() if task.augmentations else task.family
         if task.max_time > args.max_time:  # keep the evaluation quick: re-draw under the cap
-            found = cost.rejection_sample(phases.family_sampler(task.base_kind, cost.OFFLINE_DATASETS),
+            found = cost.rejection_sample(phases.family_sampler(task.base_kind, phases.OFFLINE_DATASETS),
                                           np.random.default_rng(int(key[-1])), args.max_time)  # fmt: skip
             family = found[0] if found else family
         with jax.numpy_dtype_promotion("standard"):

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import sys
 
-from eval.cli import main
+from eval import cli, demo
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "demo":
+        return demo.main(argv[1:])
+    return cli.main(argv)
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

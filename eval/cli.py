@@ -138,10 +138,7 @@ def _baseline_note(
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "demo":
-        from eval import demo
-
-        return demo.main(argv[1:])
+    """`python -m eval ...` (the `demo` subcommand is dispatched by eval/__main__.py)."""
     args = parser().parse_args(argv)
     try:
         path = evaluate(args)

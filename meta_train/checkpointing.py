@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from velojax.checkpoint import CheckpointError  # one error for every unusable checkpoint
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: corrupt, or from another config."""
+__all__ = ["CheckpointError", "Checkpointer"]
 
 
 class Checkpointer:

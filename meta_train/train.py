@@ -122,7 +122,7 @@ def task_pool(config: MetaTrainConfig, phase_index: int, epoch: int) -> tuple[Ta
     elif phase.custom is not None:
         pool = [phase.custom.sample(k) for k in jax.random.split(key, phase.pool_size)]
     else:
-        datasets = _offline_datasets() if phase.offline else None
+        datasets = task_phases.OFFLINE_DATASETS if phase.offline else None
         pool = [
             task_phases.sample_task(k, phase=phase.distribution, datasets=datasets).family
             for k in jax.random.split(key, phase.pool_size)
@@ -173,12 +173,6 @@ def init_estimator_states(config: MetaTrainConfig, step: int, theta: PyTree, mes
         es.init(theta, jax.random.fold_in(key, e), family_at(config, step, e), mesh)
         for e in range(config.estimates_per_step)
     )
-
-
-def _offline_datasets() -> dict[str, tuple[str, ...]]:
-    """Datasets for the samplers when `Phase.offline`: real Fashion-MNIST (the Debian
-    package's copy), procedural images, the Python standard library's text."""
-    return {"image": ("fashion_mnist_local", "synthetic_shapes"), "text": ("pystdlib_bytes", "pystdlib_words")}
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -7,14 +7,16 @@ import sys
 
 import jax
 
+from tasks import phases
+
 
 def _sample(args) -> None:
-    from tasks import cost, phases
+    from tasks import cost
 
     local = None
     if args.estimate == "local":
         print("cost model for this machine: calibrating on first use (cached)...", file=sys.stderr, flush=True)
-        local = cost.calibrate()
+        local = cost.calibrate(phases.calibration_families())
     datasets = None
     if args.offline:
         datasets = {"image": tuple(args.image_datasets.split(",")), "text": tuple(args.text_datasets.split(","))}
@@ -56,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         "--no-params", action="store_true", help="skip the parameter counts (they build each model abstractly)"
     )
     s.add_argument("--offline", action="store_true", help="draw datasets from --image-datasets/--text-datasets")
-    s.add_argument("--image-datasets", default="fashion_mnist_local,synthetic_shapes")
-    s.add_argument("--text-datasets", default="pystdlib_bytes,pystdlib_words")
+    s.add_argument("--image-datasets", default=",".join(phases.OFFLINE_DATASETS["image"]))
+    s.add_argument("--text-datasets", default=",".join(phases.OFFLINE_DATASETS["text"]))
     s.set_defaults(run=_sample)
     ls = sub.add_parser("list", help="list the fixed-task registry")
     ls.add_argument("--params", action="store_true", help="with parameter counts (builds each model abstractly)")

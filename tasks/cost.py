@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from tasks.base import TaskFamily
-from velojax.files import write_atomic
+from velojax.files import cache_dir, write_atomic
 
 
 def batch_bytes(family: TaskFamily) -> int:
@@ -176,59 +176,25 @@ def machine_id() -> str:
 
 
 def cache_path() -> Path:
-    base = (
-        os.environ.get("VELOJAX_CACHE_DIR")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "velojax"
-    )
-    return Path(base) / "cost_model.json"
+    return cache_dir() / "cost_model.json"
 
 
-def calibrate(families: Sequence[TaskFamily] | None = None, num_tasks: int = 8, use_cache: bool = True) -> CostModel:
-    """A cost model for this machine, fitted on timings of `families` (default: a small,
-    varied, offline set), cached per machine in `cache_path()`."""
-    mid = machine_id()
+def calibrate(families: Sequence[TaskFamily], num_tasks: int = 8, use_cache: bool = True) -> CostModel:
+    """A cost model for this machine, fitted on timings of `families` (e.g.
+    `phases.calibration_families()`), cached in `cache_path()` per machine and family set."""
+    families = list(families)
+    key = {"machine": machine_id(), "families": [f.name for f in families], "num_tasks": num_tasks}
     path = cache_path()
-    default = families is None
-    if use_cache and default and path.is_file():
+    if use_cache and path.is_file():
         cached = json.loads(path.read_text())
-        if cached.get("machine") == mid:
+        if all(cached.get(k) == v for k, v in key.items()):
             return CostModel.from_json(json.dumps(cached["model"]))
-    families = list(default_calibration_families() if default else families)
     with jax.numpy_dtype_promotion("standard"):
         seconds = [measure_step_seconds(f, num_tasks) for f in families]
     model = fit(families, seconds, num_tasks, device=f"this machine ({jax.devices()[0].device_kind}, calibrated)")
-    if default and use_cache:
-        write_atomic(path, json.dumps({"machine": mid, "model": dataclasses.asdict(model)}))
+    if use_cache:
+        write_atomic(path, json.dumps(key | {"model": dataclasses.asdict(model)}))
     return model
-
-
-# Offline datasets for sampled families (mnist1d is 1-D: the samplers resize to squares).
-OFFLINE_DATASETS = {"image": ("fashion_mnist_local", "synthetic_shapes"), "text": ("pystdlib_bytes", "pystdlib_words")}
-CALIBRATION_KINDS = (
-    "image_mlp", "image_conv", "image_mlp_ae", "image_mlp_vae", "vit", "rnn_lm", "transformer_lm", "resnet", "lopt"
-)  # fmt: skip
-
-
-def default_calibration_families(per_kind: int = 3, max_time: float = 1e-4, seed: int = 0) -> list[TaskFamily]:
-    """`per_kind` configs of each family kind, on offline data, under `max_time` reference
-    seconds (small enough to time quickly, varied enough to fit the model)."""
-    from tasks import phases
-
-    rng = np.random.default_rng(seed)
-    families = []
-    for kind in CALIBRATION_KINDS:
-        sampler = phases.family_sampler(kind, OFFLINE_DATASETS)
-        for _ in range(per_kind):
-            found = rejection_sample(sampler, rng, max_time, REFERENCE)
-            if found is not None:
-                families.append(found[0])
-    return families
-
-
-def estimate_and_measure(families: Sequence[TaskFamily], model: CostModel) -> list[tuple[str, float, float]]:
-    """(name, predicted, measured) seconds per step for each family (for reports)."""
-    with jax.numpy_dtype_promotion("standard"):
-        return [(f.name, model.seconds(f), measure_step_seconds(f, model.num_tasks)) for f in families]
 
 
 __all__ = ["REFERENCE", "CostModel", "batch_bytes", "calibrate", "fit", "measure_step_seconds", "rejection_sample"]

@@ -46,6 +46,11 @@ SAMPLERS = {
 }
 
 
+#: Datasets for the samplers that need no download: real Fashion-MNIST (the Debian package's
+#: copy), procedural images, the Python standard library's source as bytes or words.
+OFFLINE_DATASETS = {"image": ("fashion_mnist_local", "synthetic_shapes"), "text": ("pystdlib_bytes", "pystdlib_words")}
+
+
 def family_sampler(kind: str, datasets: Mapping[str, tuple[str, ...]] | None = None) -> Callable:
     """The config sampler of a family kind, optionally with other datasets
     (datasets={"image": (...), "text": (...)})."""
@@ -121,3 +126,16 @@ def sample_task(
     family = sample_augmentations(rng, base, kind == "lopt")
     tags = tuple(family.augmentations()) if isinstance(family, aug.Augmented) else ()
     return SampledTask(family=family, base_kind=kind, max_time=max_time, seconds=seconds, augmentations=tags)
+
+
+def calibration_families(per_kind: int = 3, max_time: float = 1e-4, seed: int = 0) -> list[TaskFamily]:
+    """`per_kind` configurations of every family kind on offline data, under `max_time`
+    reference seconds (quick to time, varied enough to fit `cost.calibrate`)."""
+    rng = np.random.default_rng(seed)
+    families = []
+    for kind in SMALL_FAMILIES + LARGE_FAMILIES:
+        for _ in range(per_kind):
+            found = cost.rejection_sample(family_sampler(kind, OFFLINE_DATASETS), rng, max_time, cost.REFERENCE)
+            if found is not None:
+                families.append(found[0])
+    return families

@@ -31,12 +31,7 @@ def fixed_tasks() -> dict:
     """{name: constructor} of every fixed task, in registration order."""
     out: dict = {}
     for module in FAMILY_MODULES + ("augmentations", "small_fixed"):
-        try:
-            mod = importlib.import_module(f"tasks.families.{module}" if module in FAMILY_MODULES else f"tasks.{module}")
-        except ModuleNotFoundError as err:
-            if err.name and err.name.startswith("tasks"):
-                continue  # a family not built yet
-            raise
+        mod = importlib.import_module(f"tasks.families.{module}" if module in FAMILY_MODULES else f"tasks.{module}")
         for name, make in getattr(mod, "FIXED", {}).items():
             if name in out:
                 raise ValueError(f"fixed task {name!r} is defined twice")

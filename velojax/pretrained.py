@@ -19,26 +19,19 @@ import urllib.request
 from pathlib import Path
 
 from velojax.checkpoint import PARAMS_FILENAME, CheckpointError, load_weights
+from velojax.files import cache_dir
 from velojax.meta_params import MetaParams
 
 VELO_CHECKPOINT = "aug12_continue_on_bigger_2xbs_200kstep_bigproblem_v2_5620"
 BUCKET_URL = "https://storage.googleapis.com/gresearch/learned_optimization/pretrained_lopts"
 VELO_URL = f"{BUCKET_URL}/{VELO_CHECKPOINT}/{PARAMS_FILENAME}"
 WEIGHTS_ENV = "VELOJAX_WEIGHTS"
-CACHE_ENV = "VELOJAX_CACHE_DIR"
 OFFLINE_ENV = "VELOJAX_OFFLINE"
 _MAX_DOWNLOAD_SECONDS = 600.0
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """The pretrained weights are neither local nor downloadable; the message says what to do."""
-
-
-def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "velojax"
 
 
 def cached_weights_path() -> Path:

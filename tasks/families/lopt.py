@@ -27,6 +27,7 @@ import numpy as np
 from tasks import sampling
 from tasks.base import TaskFamily, spec
 from tasks.families import common, image_conv, image_mlp
+from velojax.tensor_update import factored_dims
 
 PyTree = Any
 
@@ -281,14 +282,6 @@ class MLPLOpt(InnerOptimizer):
         return _mlp_flops(self._sizes()) + 8.0 * self.num_features
 
 
-def _factored_dims(shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """(second largest, largest) axis of a tensor with >= 2 axes, else None (Adafactor)."""
-    if len(shape) < 2:
-        return None
-    order = np.argsort(shape, kind="stable")
-    return int(order[-2]), int(order[-1])
-
-
 @dataclasses.dataclass(frozen=True)
 class AdafacMLPLOpt(InnerOptimizer):
     """MLPLOpt with Adafactor-style features (the reference's AdafacMLPLOpt): momenta,
@@ -329,7 +322,7 @@ class AdafacMLPLOpt(InnerOptimizer):
         nm, nr, nf = len(self.momentum_decays), len(self.rms_decays), len(self.adafactor_decays)
 
         def fac(p):
-            dims = _factored_dims(p.shape)
+            dims = factored_dims(p.shape)
             if dims is None:
                 return {"v": jnp.zeros(p.shape + (nf,), jnp.float32)}
             a, b = dims
@@ -355,7 +348,7 @@ class AdafacMLPLOpt(InnerOptimizer):
             m = _ema(mom_d, m, g1)
             rms = _ema(rms_d, rms, jnp.square(g1))
             g2 = jnp.square(g1) + 1e-30  # Adafactor's epsilon_1
-            dims = _factored_dims(p.shape)
+            dims = factored_dims(p.shape)
             if dims is None:
                 fac = {"v": _ema(fac_d, fac["v"], g2)}
                 row = col = v = fac["v"]

@@ -98,13 +98,6 @@ def variance_scaling(scale: float) -> Callable:
     return init
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def jitted_init(family: TaskFamily, key: jax.Array, cfg) -> tuple:
-    """`family._init(key, cfg)` compiled as one program: flax's init run eagerly dispatches
-    (and first compiles) every small op, which takes seconds."""
-    return family._init(key, cfg)
-
-
 def _identity(key, shape, dtype=jnp.float32):
     del key
     return jnp.eye(shape[0], shape[1], dtype=dtype)
@@ -252,7 +245,7 @@ class RNNLM(LanguageModelFamily, TaskFamily):
         )
 
     def init(self, key, cfg):
-        return jitted_init(self, key, cfg)
+        return common.compiled_init(self, key, cfg)
 
     def _init(self, key, cfg):
         tokens = jnp.zeros((1, 1), jnp.int32)  # the parameters do not depend on the input's shape

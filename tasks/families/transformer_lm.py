@@ -19,7 +19,6 @@ from tasks.families import common
 from tasks.families.rnn_lm import (
     TEXT_DATASETS,
     LanguageModelFamily,
-    jitted_init,
     truncated_normal,
     variance_scaling,
 )
@@ -125,7 +124,7 @@ class TransformerLM(LanguageModelFamily, TaskFamily):
         )
 
     def init(self, key, cfg):
-        return jitted_init(self, key, cfg)
+        return common.compiled_init(self, key, cfg)
 
     def _init(self, key, cfg):
         tokens = jnp.zeros((1, 1), jnp.int32)  # the parameters do not depend on the input's shape
