@@ -35,8 +35,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         help="velo's weights: a shipped name (e.g. small_v1), a file, its directory, or a meta_train workdir "
-        "(its best_theta/ if it validated; default: the official pretrained VeLO)",
+        "(the best θ by validation, else the final, else the newest checkpoint's; default: the official "
+        "pretrained VeLO)",
     )
+    p.add_argument("--step", type=int, help="with a meta_train workdir as --weights: the θ of this checkpoint")
     p.add_argument("--grid", type=_floats, help="learning rates to tune a non-velo --optimizer over")
     p.add_argument("--suite", default="tiny", help=f"one of {', '.join(suites.names())}, or SUITE/FAMILY")
     p.add_argument("--out", required=True, type=Path, help="output directory (results, baselines, report)")
@@ -76,7 +78,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _specs(args, extra: tuple = ()) -> list:
-    main = optimizers.parse(args.optimizer, weights=args.weights, grid=args.grid)
+    main = optimizers.parse(args.optimizer, weights=args.weights, grid=args.grid, step=args.step)
+    if isinstance(main, optimizers.VeLOSpec):
+        print(f"velo weights: {main.source}", flush=True)
     if args.optimizer == "velo" and args.weights and main.source.startswith("shipped:"):
         main = dataclasses.replace(main, label=str(args.weights))  # e.g. "small_v1", not "velo"
     competitors = [] if args.competitors == ["none"] else args.competitors

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 import optax
 
+from meta_train import workdir
 from velojax import optimizer as velo_optimizer
 from velojax.config import VeLOConfig
 
@@ -77,41 +78,41 @@ class VeLOSpec:
         return velo_optimizer.velo(num_steps, weights=self.weights, config=self.config)
 
 
-def weights_path(path: str | Path) -> Path:
-    """A weights file/dir, or a meta_train workdir (its `best_theta/` when it validated, else `theta/`)."""
-    path = Path(path)
-    if (path / "config.json").is_file() and (path / "best_theta").exists():
-        return path / "best_theta"
-    if (path / "config.json").is_file() and (path / "theta").exists():
-        return path / "theta"
-    if not path.exists():
-        raise FileNotFoundError(f"no VeLO weights at {path} (expected a weights file, its directory, or a workdir)")
-    return path
-
-
-def velo(weights: str | Path | None = None, label: str = "velo") -> VeLOSpec:
-    """VeLO from shipped weights by name, a weights path / meta_train workdir, or the
-    official pretrained weights."""
+def velo(weights: str | Path | None = None, label: str = "velo", step: int | None = None) -> VeLOSpec:
+    """VeLO from shipped weights by name, a weights file or its directory, a meta_train
+    workdir (`meta_train.workdir.weights`: the best θ by validation, else the final, else
+    the newest checkpoint's; or the checkpoint of `step`), or the official pretrained weights."""
+    if step is not None and not (weights is not None and workdir.is_workdir(weights)):
+        raise ValueError("a step applies to a meta_train workdir only")
     if weights is None:
         meta, config = velo_optimizer.resolve_weights(None)
         source = "pretrained"
     elif str(weights) in velo_optimizer.available_weights():
         meta, config = velo_optimizer.resolve_weights(str(weights))
         source = f"shipped:{weights}"
+    elif workdir.is_workdir(weights):
+        meta, config, chosen = workdir.weights(weights, step)
+        source = chosen.describe()
     else:
-        path = weights_path(weights)
-        meta, config = velo_optimizer.resolve_weights(str(path))
-        source = str(path)
+        if not Path(weights).exists():
+            raise FileNotFoundError(
+                f"no VeLO weights at {weights} (expected a shipped name, a weights file, its directory, or a workdir)"
+            )
+        meta, config = velo_optimizer.resolve_weights(str(weights))
+        source = str(weights)
     digest = hashlib.sha256()
     for leaf in jax.tree.leaves(meta):
         digest.update(np.asarray(leaf).tobytes())
     return VeLOSpec(source, digest.hexdigest()[:16], meta, config, label)
 
 
-def parse(name: str, *, weights: str | Path | None = None, grid: tuple[float, ...] | None = None):
-    """ "velo" (with `weights`) or an optax alias / scheduled competitor (with `grid`)."""
+def parse(
+    name: str, *, weights: str | Path | None = None, grid: tuple[float, ...] | None = None, step: int | None = None
+):
+    """ "velo" (with `weights`, and `step` for a workdir) or an optax alias / scheduled
+    competitor (with `grid`)."""
     if name == "velo":
-        return velo(weights)
-    if weights is not None:
-        raise ValueError(f"--weights applies to velo only, not {name!r}")
+        return velo(weights, step=step)
+    if weights is not None or step is not None:
+        raise ValueError(f"--weights and --step apply to velo only, not {name!r}")
     return OptaxSpec(name, tuple(grid) if grid else COMPETITOR_LRS)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from meta_train.config import MetaTrainConfig
-from meta_train.train import best_validation
+from meta_train.workdir import best_validation
 from velojax.checkpoint import load_weights, save_weights
 from velojax.files import write_atomic
 from velojax.shipped import sha256_of, weights_dir

@@ -34,6 +34,7 @@ from meta_train.config import MetaTrainConfig, Phase
 from meta_train.estimators import to_host
 from meta_train.learned_optimizer import VeLONetwork
 from meta_train.tensorboard_log import HELD_OUT_TAG, VALIDATION_TAG, ScalarLog
+from meta_train.workdir import best_validation
 from tasks import phases as task_phases
 from tasks.base import TaskFamily, with_batch_size
 from velojax import meta_params as meta_params_lib
@@ -251,13 +252,6 @@ def validate(config: MetaTrainConfig, theta: PyTree) -> dict[str, float]:
 def _divisor_at_most(chunk: int, length: int) -> int:
     """The largest divisor of `chunk` that divides `length` (so a length is run exactly)."""
     return max(d for d in range(1, chunk + 1) if chunk % d == 0 and length % d == 0)
-
-
-def best_validation(history: list[dict]) -> dict | None:
-    """The entry of a validation history (summary.json's "validation") with the lowest
-    finite val_meta_loss (the earliest on ties), or None."""
-    finite = [v for v in history if np.isfinite(v["val_meta_loss"])]
-    return min(finite, key=lambda v: (v["val_meta_loss"], v["step"])) if finite else None
 
 
 class _Validation:
