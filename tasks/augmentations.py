@@ -11,6 +11,7 @@ ordinary `jax.grad`. Per-task randomness (scales, keys) lives in the task's `cfg
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -57,6 +58,10 @@ class Augmented(TaskFamily):
 
     def sequential_steps(self) -> int:
         return self.inner.sequential_steps()
+
+    @functools.cached_property
+    def num_params(self) -> int:
+        return self.inner.num_params  # no augmentation changes the parameters' shapes
 
     def base(self) -> TaskFamily:
         """The innermost, un-augmented family."""

@@ -95,7 +95,14 @@ class TaskFamily(abc.ABC):
 
     @functools.cached_property
     def num_params(self) -> int:
-        shapes = jax.eval_shape(lambda k: self.init(k, self.sample(k))[0], jax.random.PRNGKey(0))
+        def params(key):
+            cfg = self.sample(key)
+            if isinstance(cfg, dict):  # shapes do not depend on the sampled initialiser, and
+                # tracing its switch is slow: the family's default one
+                cfg = {k: v for k, v in cfg.items() if k not in ("init", "init_scale")}
+            return self.init(key, cfg)[0]
+
+        shapes = jax.eval_shape(params, jax.random.PRNGKey(0))
         return int(sum(np.prod(s.shape) for s in jax.tree.leaves(shapes)))
 
     def loss_and_grad(self, params, state, key, batch, cfg):

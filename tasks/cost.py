@@ -179,7 +179,9 @@ def cache_path() -> Path:
     return cache_dir() / "cost_model.json"
 
 
-def calibrate(families: Sequence[TaskFamily], num_tasks: int = 8, use_cache: bool = True) -> CostModel:
+def calibrate(
+    families: Sequence[TaskFamily], num_tasks: int = 8, use_cache: bool = True, progress: bool = False
+) -> CostModel:
     """A cost model for this machine, fitted on timings of `families` (e.g.
     `phases.calibration_families()`), cached in `cache_path()` per machine and family set."""
     families = list(families)
@@ -189,8 +191,13 @@ def calibrate(families: Sequence[TaskFamily], num_tasks: int = 8, use_cache: boo
         cached = json.loads(path.read_text())
         if all(cached.get(k) == v for k, v in key.items()):
             return CostModel.from_json(json.dumps(cached["model"]))
+    timed = families
+    if progress:
+        from tqdm.auto import tqdm
+
+        timed = tqdm(families, desc="timing tasks", unit="task")
     with jax.numpy_dtype_promotion("standard"):
-        seconds = [measure_step_seconds(f, num_tasks) for f in families]
+        seconds = [measure_step_seconds(f, num_tasks) for f in timed]
     model = fit(families, seconds, num_tasks, device=f"this machine ({jax.devices()[0].device_kind}, calibrated)")
     if use_cache:
         write_atomic(path, json.dumps(key | {"model": dataclasses.asdict(model)}))

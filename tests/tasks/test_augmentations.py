@@ -141,3 +141,12 @@ def test_stacked_augmentations_report_their_order():
     assert family.augmentations() == ["Reparam[global,0.01-100]", "BF16", "Delay[2]"]
     assert family.base() is BASE
     assert family.normalizer(jnp.float32(1.0)) == BASE.normalizer(jnp.float32(1.0))
+
+
+def test_num_params_counts_what_init_returns():
+    """num_params skips the sampled initialiser's switch and the augmentations (cheap to
+    compute for `python -m tasks sample`), and still counts what a real init returns."""
+    base = ImageMLP("synthetic_shapes", (8, 5), batch_size=8, image_size=4)  # sampled init and activation
+    for family in (base, aug.reparam_weights(aug.es_gradient(base, 0.01, 2), "tensor")):
+        params, _ = family.init(KEY, family.sample(KEY))
+        assert family.num_params == sum(x.size for x in jax.tree.leaves(params)) > 8 * 5 + 5 * 10

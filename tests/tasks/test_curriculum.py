@@ -124,7 +124,7 @@ def test_every_fixed_task_builds_abstractly():
 
 
 def test_cli_sample_and_list(capsys):
-    cli(["sample", "--phase", "1", "-n", "5", "--seed", "3", "--estimate", "reference"])
+    cli(["sample", "--phase", "1", "-n", "5", "--seed", "3"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line[:3].strip().isdigit()]
     assert len(rows) == 5
