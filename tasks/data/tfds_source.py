@@ -10,6 +10,8 @@ the tests use `tfds.testing.mock_data`.)
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 
 import numpy as np
@@ -31,6 +33,17 @@ def _network_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _source(tfds_name: str, split: str, data_dir: str | None, download: bool):
     """tfds's random-access data source for one split (array_record)."""
     import importlib
@@ -41,7 +54,8 @@ def _source(tfds_name: str, split: str, data_dir: str | None, download: bool):
     if module is not None:
         importlib.import_module(module)
     try:
-        return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
+        with _quiet_absl():  # tfds warns about the folder it is looking for before it fails
+            return tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
     except tfds.core.registered.DatasetNotFoundError:
         raise DatasetUnavailable(
             f"tensorflow-datasets {tfds.__version__} has no dataset {tfds_name!r} (it may need an extra package)."
