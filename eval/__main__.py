@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 
 from eval import cli, demo
+from tasks.data import DatasetUnavailable
+from velojax import cli_common
 
 
 def main(argv: list[str]) -> int:
@@ -21,4 +23,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli_common.run(main, prog="python -m eval", expected=(DatasetUnavailable,)))

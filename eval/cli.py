@@ -1,4 +1,13 @@
-"""Command line of `python -m eval` (see eval/__main__.py and docs/eval.md)."""
+"""python -m eval: an optimizer's speedup over LR-tuned Adam on a task suite, with a report (docs/eval.md).
+
+examples:
+  python -m eval demo [--out runs/demo]      # the shipped learned optimizer and 3 tuned competitors
+                                             # on the `tiny` suite, offline, ~7 minutes on 2 cores
+  python -m eval --optimizer velo --weights small_v1 --suite heldout_small --out runs/small_v1
+  python -m eval --optimizer velo --weights runs/tiny --suite tiny --out runs/eval   # a meta_train workdir
+  python -m eval --optimizer adam_ref --grid 1e-3,3e-3,1e-2,3e-2 --suite tiny --steps 10000
+      --baselines speedup_over_adam.npz --competitors none --out runs/check  # the reference's Adam
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,7 @@ from pathlib import Path
 from eval import baselines as baselines_lib
 from eval import optimizers, report, runner, suites
 from tasks import data
+from velojax import cli_common
 
 DEFAULT_COMPETITORS = ("adamw_cosine", "lion", "sgd_momentum")
 BASELINE_STEPS_MULTIPLE = 10  # the reference's 100k-step sweeps for 10k-step runs
@@ -28,7 +38,9 @@ def _names(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m eval", description=__doc__, formatter_class=cli_common.HelpFormatter, epilog=cli_common.EPILOG
+    )
     p.add_argument(
         "--optimizer", default="velo", help="velo, or an optax alias / adamw_cosine / sgd_momentum / adam_ref"
     )
@@ -51,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
         "--final-eval-batches",
         type=int,
         default=runner.EvalSettings.final_eval_batches,
-        help="batches the scored final loss is averaged over (default: %(default)s; the reference: 10)",
+        help="batches the scored final loss is averaged over (the reference: 10)",
     )
     p.add_argument("--batch-size", type=int, help="override every task's batch size (smoke tests)")
     p.add_argument(
@@ -60,20 +72,24 @@ def parser() -> argparse.ArgumentParser:
         default=list(DEFAULT_COMPETITORS),
         help="tuned hand-designed optimizers to run too ('none' for none)",
     )
-    p.add_argument("--competitor-grid", type=_floats, default=optimizers.COMPETITOR_LRS)
+    p.add_argument(
+        "--competitor-grid", type=_floats, default=optimizers.COMPETITOR_LRS, help="learning rates of the competitors"
+    )
     p.add_argument(
         "--baselines",
         default="compute",
         help="'compute' (Adam sweep, cached in OUT/baselines) or a reference file "
         "(speedup_over_adam.npz / speedup_over_multiple_baselines.json); tasks it lacks are computed",
     )
-    p.add_argument("--baseline-lrs", type=_floats, default=optimizers.REFERENCE_LRS)
-    p.add_argument("--baseline-seeds", type=int, default=5)
+    p.add_argument(
+        "--baseline-lrs", type=_floats, default=optimizers.REFERENCE_LRS, help="the Adam sweep's learning rates"
+    )
+    p.add_argument("--baseline-seeds", type=int, default=5, help="seeds per learning rate of the Adam sweep")
     p.add_argument(
         "--baseline-steps", type=int, help="Adam sweep length for every task (default: 10x each task's own steps)"
     )
     p.add_argument("--mock-data", action="store_true", help="tfds datasets replaced by random mock data (smoke tests)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 

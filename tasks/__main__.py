@@ -1,4 +1,11 @@
-"""python -m tasks sample --phase 1 -n 20 [--seed S] | python -m tasks list [--params]"""
+"""python -m tasks: sample meta-training tasks as VeLO's curriculum draws them, or list the fixed tasks.
+
+examples:
+  python -m tasks sample --phase 1 -n 20             # 20 tasks of phase 1 (reference cost estimates)
+  python -m tasks sample --phase 2 -n 5 --offline    # on datasets that need no download
+  python -m tasks sample -n 10 --calibrate           # with ms/step timed on this machine (minutes once)
+  python -m tasks list --params                      # the fixed tasks with their parameter counts
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ import sys
 import jax
 
 from tasks import phases
+from tasks.data import DatasetUnavailable
+from velojax import cli_common
 
 
 def _sample(args) -> None:
@@ -48,12 +57,16 @@ def _list(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tasks", description="Sample tasks or list the fixed ones.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks", description=__doc__, formatter_class=cli_common.HelpFormatter, epilog=cli_common.EPILOG
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("sample", help="sample tasks from a VeLO meta-training phase")
-    s.add_argument("--phase", type=int, default=1, choices=(1, 2))
-    s.add_argument("-n", type=int, default=20)
-    s.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser(
+        "sample", help="sample tasks from a VeLO meta-training phase", formatter_class=cli_common.HelpFormatter
+    )
+    s.add_argument("--phase", type=int, default=1, choices=(1, 2), help="curriculum phase (its budgets and families)")
+    s.add_argument("-n", type=int, default=20, help="how many tasks")
+    s.add_argument("--seed", type=int, default=0, help="the draws are a function of it")
     s.add_argument("--calibrate", action="store_true",
                    help="show ms/step on this machine (times ~27 tasks once, minutes; cached) instead of the "
                         "reference device's estimate, which is what sampling uses")  # fmt: skip
@@ -61,10 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         "--no-params", action="store_true", help="skip the parameter counts (they build each model abstractly)"
     )
     s.add_argument("--offline", action="store_true", help="draw datasets from --image-datasets/--text-datasets")
-    s.add_argument("--image-datasets", default=",".join(phases.OFFLINE_DATASETS["image"]))
-    s.add_argument("--text-datasets", default=",".join(phases.OFFLINE_DATASETS["text"]))
+    s.add_argument("--image-datasets", default=",".join(phases.OFFLINE_DATASETS["image"]), help="with --offline")
+    s.add_argument("--text-datasets", default=",".join(phases.OFFLINE_DATASETS["text"]), help="with --offline")
     s.set_defaults(run=_sample)
-    ls = sub.add_parser("list", help="list the fixed-task registry")
+    ls = sub.add_parser("list", help="list the fixed-task registry", formatter_class=cli_common.HelpFormatter)
     ls.add_argument("--params", action="store_true", help="with parameter counts (builds each model abstractly)")
     ls.set_defaults(run=_list)
     args = parser.parse_args(argv)
@@ -72,4 +85,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli_common.run(main, prog="python -m tasks", expected=(DatasetUnavailable,)))
