@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from velojax import optimizer
+from velojax import cli_common, optimizer
 from velojax.pretrained import PretrainedWeightsUnavailable, load_pretrained
 
 
@@ -63,13 +63,26 @@ def train(tx: optax.GradientTransformation, steps: int, seed: int = 0) -> list[f
     return [float(x) for x in losses]
 
 
+_EXAMPLES = """
+examples:
+  python -m velojax                           # the newest shipped weights against Adam, 300 steps
+  python -m velojax --steps 1000 --weights small_v1
+  python -m velojax --pretrained              # the official VeLO (downloaded once)
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m velojax", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
+    parser = argparse.ArgumentParser(
+        prog="python -m velojax",
+        description=__doc__ + _EXAMPLES,
+        formatter_class=cli_common.HelpFormatter,
+        epilog=cli_common.EPILOG,
+    )
+    parser.add_argument("--steps", type=int, default=300, help="training steps of each optimizer")
     parser.add_argument("--weights", help="shipped weights by name, or a VeLO checkpoint path "
                         "(default: the newest shipped weights)")  # fmt: skip
     parser.add_argument("--pretrained", action="store_true", help="use the official VeLO weights (download)")
-    parser.add_argument("--adam-lr", type=float, default=3e-3)
+    parser.add_argument("--adam-lr", type=float, default=3e-3, help="Adam's learning rate")
     args = parser.parse_args(argv)
 
     shipped = optimizer.available_weights()[0]
