@@ -114,7 +114,7 @@ def test_non_finite_loss_is_not_absorbed(tx):
         assert int(after.iteration) == int(state.iteration) + 1
     # and a finite loss afterwards is absorbed as usual
     _, later = update(grads_like(PARAMS, 10), after, PARAMS, value=1.5)
-    assert int(later.loss_buffer.iteration) == int(state.loss_buffer.iteration) + 1
+    assert int(later.loss_buffer.count) == int(state.loss_buffer.count) + 1
 
 
 def test_nan_gradient_entries_count_as_zero(tx):

@@ -192,6 +192,73 @@ def test_weight_decay_matches_the_reference_wrapper(meta):
     assert optimizer.velo(10, weights=meta).update is not None  # default: off
 
 
+def test_weight_decay_mask_decays_only_where_true(meta):
+    params = {"w": jnp.linspace(-1, 1, 12).reshape(3, 4), "b": jnp.ones(4)}
+    grads, wd = grads_like(params), 0.05
+    mask = {"w": True, "b": False}
+    plain = optimizer.velo(10, weights=meta)
+    expected, _ = plain.update(
+        {"w": grads["w"] + wd * params["w"], "b": grads["b"]},
+        plain.init(params),
+        params,
+        value=2.0 + wd * float(jnp.sum(params["w"] ** 2)),
+    )
+    for m in (mask, lambda p: jax.tree.map(lambda x: x.ndim > 1, p)):  # a tree, or a callable as optax.adamw
+        tx = optimizer.velo(10, weights=meta, weight_decay=wd, mask=m)
+        u, _ = tx.update(grads, tx.init(params), params, value=2.0)
+        assert_trees_close(u, expected, 1e-5)
+    tx = optimizer.velo(10, weights=meta, weight_decay=wd, mask={"w": True})
+    with pytest.raises(ValueError, match="mask and params have different tree structures"):
+        tx.update(grads, tx.init(params), params, value=2.0)
+    tx = optimizer.velo(10, weights=meta, weight_decay=wd, mask={"w": True, "b": jnp.asarray(False)})
+    with pytest.raises(TypeError, match="mask leaf 'b' must be a Python bool"):
+        tx.update(grads, tx.init(params), params, value=2.0)
+
+
+def test_inject_hyperparams_and_tree_get(meta):
+    """num_steps and weight_decay injected as optax does; VeLO plans its run at init, so a
+    num_steps changed afterwards changes nothing."""
+    params = {"w": jnp.linspace(-1, 1, 12).reshape(3, 4), "b": jnp.ones(4)}
+    grads = grads_like(params)
+    injected = optax.inject_hyperparams(optimizer.velo, static_args=("weights",))
+    tx = injected(num_steps=10, weights=meta, weight_decay=0.01)
+    direct = optimizer.velo(10, weights=meta, weight_decay=0.01)
+    state = tx.init(params)
+    u, state = jax.jit(tx.update)(grads, state, params, value=2.0)
+    expected, _ = direct.update(grads, direct.init(params), params, value=2.0)
+    assert_trees_close(u, expected, 1e-5)
+    assert int(optax.tree_utils.tree_get(state, "iteration")) == 1
+    assert int(state.inner_state.num_steps) == 10
+    state.hyperparams["num_steps"] = jnp.asarray(1000)
+    again, _ = jax.jit(tx.update)(grads, state, params, value=2.0)
+    _, second = direct.update(grads, direct.init(params), params, value=2.0)
+    planned, _ = direct.update(grads, second, params, value=2.0)
+    assert_trees_close(again, planned, 1e-4)  # jit vs eager rounding
+    with pytest.raises(ValueError, match="num_steps must be between"):
+        optimizer.velo(jnp.asarray(0), weights=meta)
+    with pytest.raises(ValueError, match="weight_decay must be a non-negative"):
+        optimizer.velo(10, weights=meta, weight_decay=jnp.asarray(-1.0))
+
+
+def test_state_saves_and_restores_with_orbax(meta, tmp_path):
+    import orbax.checkpoint as ocp
+
+    params = {"w": jnp.linspace(-1, 1, 12).reshape(3, 4), "b": jnp.ones(4)}
+    tx = optimizer.velo(10, weights=meta)
+    _, state, _ = run(tx, params, steps=2)
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(tmp_path / "state", state)
+        ckpt.wait_until_finished()
+        restored = ckpt.restore(tmp_path / "state", jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
+    assert type(restored) is type(state)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    update = jax.jit(tx.update)
+    u1, _ = update(grads_like(params, 3), restored, params, value=1.0)
+    u2, _ = update(grads_like(params, 3), state, params, value=1.0)
+    assert_trees_close(u1, u2, 0.0)
+
+
 def test_training_past_num_steps_keeps_working(meta):
     params = {"w": jnp.linspace(-1, 1, 12).reshape(3, 4), "b": jnp.ones(4)}
     updates, state, new_params = run(optimizer.velo(2, weights=meta), params, steps=6)

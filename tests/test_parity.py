@@ -63,7 +63,7 @@ def _state_errors(state, params, case: Case, t: int) -> dict[str, float]:
         _rel_err(buf.decays, flat["state_traj/loss_buffer/decays"][t]),
     )
     assert int(state.iteration) == int(flat["state_traj/iteration"][t])
-    assert int(buf.iteration) == int(flat["state_traj/loss_buffer/iteration"][t])
+    assert int(buf.count) == int(flat["state_traj/loss_buffer/iteration"][t])  # renamed: `count`
     return errs
 
 

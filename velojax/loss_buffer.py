@@ -13,12 +13,13 @@ _RUNNING_MIN_INIT = 999999999999.0  # the reference's sentinel (float32: 9999999
 
 
 class LossBufferState(NamedTuple):
-    """EMAs of the loss. All leaves float32 [10] except `iteration` (int32 [])."""
+    """EMAs of the loss. All leaves float32 [10] except `count` (int32 [], losses seen; the
+    reference's `iteration`, renamed so that the optimizer state has one `iteration`)."""
 
     means: jax.Array
     running_min: jax.Array
     decays: jax.Array
-    iteration: jax.Array
+    count: jax.Array
 
 
 def init(num_steps: jax.Array | int) -> LossBufferState:
@@ -29,7 +30,7 @@ def init(num_steps: jax.Array | int) -> LossBufferState:
         means=jnp.zeros((NUM_EMAS,), jnp.float32),
         running_min=jnp.full((NUM_EMAS,), _RUNNING_MIN_INIT, jnp.float32),
         decays=decays,
-        iteration=jnp.zeros((), jnp.int32),
+        count=jnp.zeros((), jnp.int32),
     )
 
 
@@ -40,7 +41,7 @@ def update(state: LossBufferState, loss: jax.Array) -> LossBufferState:
     correction of c_j deliberately uses the *next* iteration count (kept quirk).
     """
     loss = jnp.asarray(loss, jnp.float32)
-    d, t = state.decays, state.iteration
+    d, t = state.decays, state.count
     corrected = state.means / (1.0 - jax.lax.pow(d, t + 1))
     approx_max = jnp.where(t == 0, loss, jnp.max(corrected))
     clipped = jnp.minimum(jnp.abs(approx_max) * 2.0, loss)
@@ -54,8 +55,8 @@ def update(state: LossBufferState, loss: jax.Array) -> LossBufferState:
 def features(state: LossBufferState) -> jax.Array:
     """9 features in [-1, 1]: where each EMA sits between its running minimum and the next
     longer EMA; all 0 until the buffer has absorbed 3 losses. Shape [9], float32."""
-    corrected = state.means / (1.0 - jax.lax.pow(state.decays, state.iteration))
+    corrected = state.means / (1.0 - jax.lax.pow(state.decays, state.count))
     shorter, longer, running_min = corrected[:-1], corrected[1:], state.running_min[:-1]
     denom = jnp.maximum(1e-8, longer - running_min)
     feats = jnp.clip((shorter - running_min) / denom - 1.0, -1.0, 1.0)
-    return jnp.where(state.iteration <= 2, jnp.zeros_like(feats), feats)
+    return jnp.where(state.count <= 2, jnp.zeros_like(feats), feats)

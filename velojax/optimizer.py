@@ -100,12 +100,43 @@ def resolve_weights(weights: Any = None, config: VeLOConfig | None = None) -> tu
     return weights, config
 
 
-def _check_num_steps(num_steps: Any) -> int:
+def _check_num_steps(num_steps: Any) -> int | jax.Array:
+    """An int, or a scalar array (optax.inject_hyperparams passes one; checked when concrete)."""
+    if isinstance(num_steps, jax.Array | np.ndarray | np.generic) and np.ndim(num_steps) == 0:
+        if not isinstance(num_steps, jax.core.Tracer) and not 1 <= float(num_steps) <= _MAX_STEPS:
+            raise ValueError(f"num_steps must be between 1 and {_MAX_STEPS}, got {num_steps}.")
+        return num_steps
     if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
         raise TypeError(f"num_steps must be an int (the number of updates the run will make), got {num_steps!r}.")
     if not 1 <= int(num_steps) <= _MAX_STEPS:
         raise ValueError(f"num_steps must be between 1 and {_MAX_STEPS}, got {num_steps}.")
     return int(num_steps)
+
+
+def _check_weight_decay(weight_decay: Any) -> float | jax.Array:
+    if isinstance(weight_decay, jax.Array | np.ndarray | np.generic) and np.ndim(weight_decay) == 0:
+        if not isinstance(weight_decay, jax.core.Tracer) and not float(weight_decay) >= 0:
+            raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}.")
+        return weight_decay
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}.")
+    return weight_decay
+
+
+def _decay_mask(mask: Any, params: Any) -> Any:
+    """The weight-decay mask as a tree of Python bools shaped like params."""
+    where = mask(params) if callable(mask) else mask
+    if where is None:
+        return jax.tree.map(lambda _: True, params)
+    if jax.tree.structure(where) != jax.tree.structure(params):
+        raise ValueError(
+            f"velo: mask and params have different tree structures: {jax.tree.structure(where)} vs "
+            f"{jax.tree.structure(params)}."
+        )
+    for name, m in zip(_leaf_names(params), jax.tree.leaves(where)):
+        if not isinstance(m, bool | np.bool_):
+            raise TypeError(f"velo: mask leaf '{name}' must be a Python bool, got {type(m).__name__}.")
+    return where
 
 
 def _leaf_names(tree: Any) -> list[str]:
@@ -178,6 +209,7 @@ def velo(
     weights: Any = None,
     config: VeLOConfig | None = None,
     weight_decay: float = 0.0,
+    mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """VeLO as an optax `GradientTransformationExtraArgs`.
 
@@ -190,14 +222,20 @@ def velo(
       config: the architecture; by default read off `weights` (VeLO's flags).
       weight_decay: as the reference's wrapper: adds weight_decay * p to each gradient
         and weight_decay * sum(p^2) to the loss VeLO sees. Off by default.
+      mask: as optax.adamw's: a pytree of bools like params (or a callable of params
+        returning one); weight decay applies where it is True. None: everywhere.
+
+    `num_steps` and `weight_decay` may be injected with `optax.inject_hyperparams`.
+    VeLO plans its run at `init` (the schedule features and loss EMAs come from
+    `state.num_steps`), so an injected `num_steps` changed after `init` has no effect.
     Returns:
       A transformation whose `update(grads, state, params, value=loss)` returns
       (updates, state); `params` and `value` are required. The state holds no copy of
       the params.
     """
     num_steps = _check_num_steps(num_steps)
-    if not isinstance(weight_decay, numbers.Real) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}.")
+    weight_decay = _check_weight_decay(weight_decay)
+    decays = not (isinstance(weight_decay, numbers.Real) and weight_decay == 0)
     meta_params, config = resolve_weights(weights, config)
 
     def init_fn(params):
@@ -218,11 +256,13 @@ def velo(
         _check_same_tree("grads", updates, params)
         _check_state(state, params)
         loss = _loss_scalar(value)
-        if weight_decay:
-            loss = loss + weight_decay * sum(
-                jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params)
+        if decays:
+            where = _decay_mask(mask, params)
+            decayed = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(where)) if m]
+            loss = loss + weight_decay * sum(jnp.sum(jnp.square(p.astype(jnp.float32))) for p in decayed)
+            updates = jax.tree.map(
+                lambda g, p, m: g + jnp.asarray(weight_decay, p.dtype) * p if m else g, updates, params, where
             )
-            updates = jax.tree.map(lambda g, p: g + weight_decay * p, updates, params)
         return velo_update(meta_params, state, updates, params, loss, config)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
