@@ -33,6 +33,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """The steps of the kept checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def restore_latest(self, template: dict[str, Any]) -> dict[str, Any] | None:
         """The newest checkpoint restored like `template` (arrays, structure, dtypes), or
         None if there is none. Raises CheckpointError if it does not fit or is corrupt."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import os
 import time
@@ -34,7 +35,7 @@ from meta_train.config import MetaTrainConfig, Phase
 from meta_train.estimators import to_host
 from meta_train.learned_optimizer import VeLONetwork
 from meta_train.tensorboard_log import HELD_OUT_TAG, VALIDATION_TAG, ScalarLog
-from meta_train.workdir import best_validation
+from meta_train.workdir import best_validation, prune_step_thetas, save_step_theta, step_theta_path
 from tasks import phases as task_phases
 from tasks.base import TaskFamily, with_batch_size
 from velojax import meta_params as meta_params_lib
@@ -293,9 +294,11 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) `config` in `workdir`: checkpoints, metrics.jsonl (mirrored as
-    TensorBoard scalars in tensorboard/), meta_loss.png, theta/ (the final θ in
-    `velojax.optimizer.load_weights` format), summary.json.
+    """Run (or resume) `config` in `workdir`: checkpoints/<step> (orbax) and, next to each,
+    theta_at/<step>/params (its θ in `velojax.checkpoint.load_weights` format, pruned with
+    the checkpoints), metrics.jsonl (mirrored as TensorBoard scalars in tensorboard/),
+    meta_loss.png, theta/ (the final θ, same format), summary.json. Every file is written
+    atomically (a reader, or a rerun after a kill, never sees a torn one).
     `stop_after` stops after that many outer steps of this call (for tests).
     With `config.validation`, θ is validated before the first step, every
     `validate_every` steps and after the last (`val_meta_loss` in the metrics, the
@@ -335,6 +338,8 @@ def train(
         summary["eval_before"] = evaluate(config, fresh["theta"], eval_key)
         scalars.scalar(HELD_OUT_TAG, summary["eval_before"], 0)
     validation = _Validation(config, workdir, summary, start, lead)
+    if lead and start:  # a kill may have come between the checkpoint and its θ, or in a θ's write
+        _theta_beside_checkpoint(config, workdir, ckpt, state, validation.best, rewrite=False)
     if validation.due(start):  # step 0 (or a resumed step whose validation was lost)
         scalars.scalar(VALIDATION_TAG, validation.run(state["theta"], start), start)
         _write_summary(summary_path, summary, lead)
@@ -361,6 +366,8 @@ def train(
             step = int(state["step"])
             if step % config.checkpoint_every == 0 or step == total:
                 ckpt.save(step, state)
+                if lead:
+                    _theta_beside_checkpoint(config, workdir, ckpt, state, validation.best)
             bar.update(1)
             bar.set_postfix(meta_loss=f"{row['meta_loss']:.3f}", inner_steps_per_s=f"{row['inner_steps_per_s']:.0f}")
     bar.close()
@@ -384,6 +391,19 @@ def train(
     return summary
 
 
+def _theta_beside_checkpoint(
+    config: MetaTrainConfig, workdir: Path, ckpt: checkpointing.Checkpointer, state: TrainState, best: dict | None,
+    rewrite: bool = True,
+) -> None:  # fmt: skip
+    """Write the θ of the checkpoint just saved as theta_at/<step>/params (for eval and
+    export: see `meta_train.workdir`), then remove those of pruned checkpoints, except the
+    best step's."""
+    step = int(state["step"])
+    if rewrite or not step_theta_path(workdir, step).is_file():
+        save_step_theta(workdir, step, jax.tree.map(to_host, state["theta"]), gen_id=f"{config.name}-step{step}")
+    prune_step_thetas(workdir, set(ckpt.steps()) | ({int(best["step"])} if best else set()))
+
+
 def _write_summary(path: Path, summary: dict, lead: bool) -> None:
     if lead:
         write_atomic(path, json.dumps(summary, indent=1))
@@ -399,7 +419,7 @@ def _check_config(config: MetaTrainConfig, workdir: Path, write: bool = True) ->
                 f"or the same config and overrides (saved: {path})"
             )
     elif write:
-        path.write_text(config.to_json())
+        write_atomic(path, config.to_json())
 
 
 def _read_metrics(path: Path, upto: int) -> list[dict]:
@@ -417,9 +437,7 @@ def _read_metrics(path: Path, upto: int) -> list[dict]:
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _progress(total: int, start: int, enabled: bool):
@@ -448,10 +466,10 @@ def _plot(rows: list[dict], path: Path, title: str, validation: list[dict] = ())
     ax.set(xlabel="outer step", ylabel="meta-loss (normalised)", title=title)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, png.getvalue())
 
 
 __all__ = [

@@ -15,6 +15,7 @@ from meta_train.config import MetaTrainConfig, Phase
 from meta_train.tensorboard_log import HELD_OUT_TAG
 from tests.conftest import REPO
 from tests.meta_train.helpers import TINY_OVERRIDES, TINY_RUN, cli, read_scalars, run_cluster, subprocess_env
+from velojax import files
 from velojax.checkpoint import load_weights
 
 
@@ -60,6 +61,8 @@ def whole_run(tmp_path_factory) -> tuple[dict, dict]:
     with jax.numpy_dtype_promotion("standard"):
         summary = train.train(TINY_RUN, workdir, progress=False)
     assert (workdir / "meta_loss.png").stat().st_size > 1000
+    assert [p for p in workdir.rglob("*") if "tmp" in p.name] == []  # every write renamed into place
+    assert sorted(p.name for p in (workdir / "theta_at").iterdir()) == ["2", "3", "4"]  # keep_checkpoints=3
     scalars, purges = read_scalars(workdir / "tensorboard")
     assert scalars == _jsonl_scalars(workdir, summary) and purges == []
     return summary, load_weights(workdir / "theta", TINY_RUN.network())
@@ -112,6 +115,31 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
             f.write_bytes(b"garbage")
     with pytest.raises(checkpointing.CheckpointError, match="corrupt or from a different config"):
         train.train(TINY_RUN, tmp_path, progress=False)
+
+
+def test_config_summary_and_metrics_survive_a_failed_write(tmp_path, monkeypatch):
+    """A write that fails (disk full, or a kill) leaves the old file whole, or none: never a
+    torn config.json, which would make every rerun refuse the workdir."""
+    summary, metrics = tmp_path / "summary.json", tmp_path / "metrics.jsonl"
+    train._write_summary(summary, {"steps": 1}, lead=True)
+    train._write_metrics(metrics, [{"step": 1}])
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", disk_full)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for write in (lambda: train._write_summary(summary, {"steps": 2}, lead=True),
+                  lambda: train._write_metrics(metrics, [{"step": 1}, {"step": 2}]),
+                  lambda: train._check_config(TINY_RUN, fresh)):  # fmt: skip
+        with pytest.raises(OSError, match="No space"):
+            write()
+    assert json.loads(summary.read_text()) == {"steps": 1} and train._read_metrics(metrics, 9) == [{"step": 1}]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["fresh", "metrics.jsonl", "summary.json"]  # no temp files
+    monkeypatch.undo()
+    train._check_config(TINY_RUN, fresh)
+    assert MetaTrainConfig.from_json((fresh / "config.json").read_text()) == TINY_RUN
 
 
 def _cli(workdir: Path) -> list[str]:
