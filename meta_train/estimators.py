@@ -66,7 +66,7 @@ def perturbation(theta: PyTree, key: jax.Array, std: float) -> PyTree:
     """ε = std·𝒩(0, I) shaped like θ. The leaves smaller than `OWN_DRAW_SIZE` share one
     draw from `key` (split in leaf order); each bigger leaf j has its own draw from
     `fold_in(key, j)`. (Few draws rather than one per leaf: XLA compiles one sampler per
-    draw — measured 1.9 s against 12 s for VeLO's 2.3M meta-parameters on a 2-core CPU.)"""
+    draw; measured compile times are in docs/meta_train.md.)"""
     leaves, treedef = jax.tree.flatten(theta)
     dtype = jnp.result_type(*leaves)
     small = [x for x in leaves if x.size < OWN_DRAW_SIZE]

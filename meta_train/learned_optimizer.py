@@ -23,9 +23,7 @@ class SharedBase:
     shared by the two sides of a pair, each step reads θ once and each εᵢ once instead of
     one θ ± εᵢ per rollout: the LSTM's gate matrix is 90% of VeLO's meta-parameters and
     its product is memory-bound. Equal to x @ (θ + s·ε) up to float rounding.
-    Measured (VeLO-size FullES, L=500, 2-core AMD EPYC, same session): 676-730 against
-    523-547 inner steps/s with one θ ± εᵢ per rollout. On a CPU whose product was
-    compute-bound instead it gained nothing (1,155 against 1,154)."""
+    (Measured effect: docs/meta_train.md, "What was changed for speed".)"""
 
     def __init__(self, base: jax.Array, eps: jax.Array, sign: jax.Array):
         self.base, self.eps, self.sign = base, eps, sign
