@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,10 +50,17 @@ def grads_like(params, step: int = 0, scale: float = 0.1):
 
 
 def assert_trees_close(a, b, rel: float = 1e-5):
-    """Leafwise max|a - b| <= rel * rms(b) (with a floor for all-zero leaves)."""
-    assert jax.tree.structure(a) == jax.tree.structure(b)
+    """Same structure and shapes, and leafwise max|a - b| <= rel * rms(b) (with a floor for
+    all-zero leaves)."""
+    a, b = jax.tree.map(np.asarray, a), jax.tree.map(np.asarray, b)  # Python scalars have no .shape
+    chex.assert_trees_all_equal_structs(a, b)
+    chex.assert_trees_all_equal_shapes(a, b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        assert x.shape == y.shape
         scale = np.sqrt(np.mean(y**2)) if y.size else 0.0
         assert np.max(np.abs(x - y), initial=0.0) <= rel * scale + 1e-30, (np.max(np.abs(x - y)), scale)
+
+
+def assert_tree_finite(tree):
+    """Every leaf of `tree` is free of NaN and inf (chex names the offending leaves)."""
+    chex.assert_tree_all_finite(tree)

@@ -3,6 +3,7 @@ corrupt and mismatched files, and save/load round trips."""
 
 import collections
 
+import chex
 import jax
 import jax.numpy as jnp
 import msgpack
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from flax import serialization, struct
 
-from tests.helpers import SMALL, lively_meta_params
-from velojax import optimizer
+from tests.helpers import SMALL, assert_tree_finite, lively_meta_params
+from velojax import checkpoint, optimizer, shipped
 from velojax.checkpoint import CheckpointError
 
 LSTMState = collections.namedtuple("LSTMState", ["hidden", "cell"])  # haiku's
@@ -37,9 +38,7 @@ def _as_reference_tree(meta):
 
 
 def _assert_same(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, a), jax.tree.map(np.asarray, b), strict=True)
 
 
 def test_reads_the_current_flax_encoding(tmp_path, meta):
@@ -146,4 +145,98 @@ def test_velo_accepts_a_path(tmp_path, meta):
     reference, _ = optimizer.velo(5, weights=meta, config=SMALL).update(
         {"w": jnp.full((2, 3), 0.1)}, tx.init(params), params, value=1.0
     )
+    chex.assert_shape(updates["w"], (2, 3))
+    assert_tree_finite(updates)
+    assert np.any(np.asarray(updates["w"]) != 0)
     np.testing.assert_array_equal(np.asarray(updates["w"]), np.asarray(reference["w"]))
+
+
+# velojax.checkpoint reimplements flax's msgpack encoding; flax (a dev dependency) is the oracle.
+
+
+def _every_kind_of_leaf():
+    """Keys out of order, every array dtype flax handles (bfloat16 included), 0-d and empty
+    arrays, numpy and Python scalars, complex, None, lists and jax arrays."""
+    rng = np.random.RandomState(0)
+    return {
+        "z": {"b": rng.randn(3, 4).astype(np.float32), "a": jnp.arange(6, dtype=jnp.int32).reshape(2, 3)},
+        "dtypes": {
+            name: rng.randn(5).astype(dtype)
+            for name, dtype in [("f16", np.float16), ("f64", np.float64), ("c64", np.complex64), ("i8", np.int8)]
+        },
+        "bf16": jnp.linspace(-2, 2, 7, dtype=jnp.bfloat16),
+        "bool": np.array([True, False, True]),
+        "uint": np.arange(4, dtype=np.uint16),
+        "zero_d": np.array(1.5, np.float32),
+        "jax_zero_d": jnp.asarray(2.5),
+        "empty": np.zeros((0, 3), np.float32),
+        "np_scalars": [np.float32(0.25), np.int64(-3), np.bool_(True)],
+        "python": [1, -(2**40), 0.1, True, "text", b"bytes", None, 1 - 2j],
+        "step": 7,
+    }
+
+
+def _assert_identical_trees(ours, theirs):
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert type(x) is type(y), (type(x), type(y))
+        if isinstance(y, (np.ndarray, np.generic)):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            np.testing.assert_array_equal(x, y)
+        else:
+            assert x == y
+
+
+def test_writes_the_bytes_flax_writes():
+    tree = _every_kind_of_leaf()
+    assert checkpoint.to_msgpack(tree) == serialization.msgpack_serialize(tree)
+    state = {"params": jax.tree.map(np.asarray, lively_meta_params()), "gen_id": "g", "step": 3}
+    assert checkpoint.to_msgpack(state) == serialization.msgpack_serialize(state)
+
+
+def test_reads_what_flax_writes_as_flax_does():
+    data = serialization.msgpack_serialize(_every_kind_of_leaf())
+    ours, theirs = checkpoint.from_msgpack(data), serialization.msgpack_restore(data)
+    _assert_identical_trees(ours, theirs)
+    assert ours["bf16"].dtype == jnp.bfloat16 and ours["python"][-1] == 1 - 2j
+    assert isinstance(ours["np_scalars"][0], np.float32) and ours["np_scalars"][0] == 0.25
+
+
+def test_save_weights_writes_the_bytes_flax_writes(tmp_path, meta):
+    path = optimizer.save_weights(tmp_path / "params", meta, gen_id="g", step=5)
+    state = {"params": jax.tree.map(lambda x: np.asarray(x, np.float32), meta), "gen_id": "g", "step": 5}
+    assert path.read_bytes() == serialization.msgpack_serialize(state)
+
+
+def test_shipped_weights_re_encode_to_the_same_bytes():
+    data = shipped.shipped_path("small_v1").read_bytes()
+    assert checkpoint.to_msgpack(checkpoint.from_msgpack(data)) == data
+
+
+def test_large_arrays_are_chunked_as_flax_chunks_them(monkeypatch):
+    # flax splits arrays over 2**30 bytes; shrink the limit on both sides to test it on 40 bytes
+    monkeypatch.setattr(serialization, "MAX_CHUNK_SIZE", 16)
+    monkeypatch.setattr(checkpoint, "_MAX_CHUNK_BYTES", 16)
+    big = np.arange(10, dtype=np.float32).reshape(2, 5)
+    tree = {"big": big, "nested": {"big": big.astype(np.float64)}, "small": np.ones(2, np.float32)}
+    data = checkpoint.to_msgpack(tree)
+    assert data == serialization.msgpack_serialize(tree)
+    assert msgpack.unpackb(data, strict_map_key=False)["big"]["__msgpack_chunked_array__"] is True
+    ours = checkpoint.from_msgpack(data)
+    _assert_identical_trees(ours, serialization.msgpack_restore(data))
+    np.testing.assert_array_equal(ours["nested"]["big"], big)
+    assert ours["big"].shape == (2, 5) and ours["nested"]["big"].dtype == np.float64
+
+
+def test_encoding_refuses_what_flax_refuses():
+    with pytest.raises(TypeError, match="cannot serialise a tuple"):
+        checkpoint.to_msgpack({"a": (1, 2)})
+    with pytest.raises(TypeError, match="object and structured dtypes"):
+        checkpoint.to_msgpack({"a": np.array([object()])})
+
+
+def test_unknown_extension_type_is_a_clear_error(tmp_path):
+    path = tmp_path / "params"
+    path.write_bytes(msgpack.packb({"params": msgpack.ExtType(9, b"x")}))
+    with pytest.raises(CheckpointError, match="unknown msgpack extension type 9"):
+        optimizer.load_weights(path)

@@ -7,6 +7,10 @@ a namedtuple, which flax encodes either as `{"hidden", "cell"}` or (flax before 
 a plain tuple `(theta, "", 0)` as `{"0", "1", "2"}`; they are read too (they need
 `VeLOConfig(use_bugged_loss_features=True, use_bugged_next_lstm_state=True)`).
 `save_weights` writes the official layout, so the reference can read our files as well.
+
+The msgpack encoding is flax's (`flax.serialization.msgpack_serialize`/`msgpack_restore`),
+implemented here on the `msgpack` package so that the optimizer does not need flax: the
+bytes written are the ones flax writes for the same tree, and everything flax writes is read.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import msgpack
 import numpy as np
-from flax import serialization
 
 from velojax.config import VeLOConfig
 from velojax.files import write_atomic
@@ -29,6 +33,97 @@ PARAMS_FILENAME = "params"  # the file name inside an official checkpoint direct
 
 class CheckpointError(ValueError):
     """A file is not a readable VeLO checkpoint; the message says why."""
+
+
+# flax's msgpack extension codes: an array as msgpack of (shape, dtype name, C-order bytes);
+# a numpy scalar the same way; a Python complex as msgpack of (real, imag).
+_EXT_NDARRAY, _EXT_COMPLEX, _EXT_NPSCALAR = 1, 2, 3
+# msgpack caps one object at 2**31 - 1 bytes, so flax splits larger arrays (with a margin)
+# into flat chunks: {"__msgpack_chunked_array__": True, "shape": {"0": d0, ...}, "chunks": {"0": a0, ...}}.
+_MAX_CHUNK_BYTES = 2**30
+_CHUNKED = "__msgpack_chunked_array__"
+
+
+def _array_payload(x: np.ndarray) -> bytes:
+    if x.dtype.hasobject or x.dtype.isalignedstruct:
+        raise TypeError(f"cannot serialise an array of dtype {x.dtype} (object and structured dtypes are unsupported)")
+    return msgpack.packb((x.shape, x.dtype.name, x.tobytes("C")), use_bin_type=True)
+
+
+def _pack_ext(x: Any) -> msgpack.ExtType:
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return msgpack.ExtType(_EXT_NDARRAY, _array_payload(np.asarray(x)))
+    if isinstance(x, np.generic):
+        return msgpack.ExtType(_EXT_NPSCALAR, _array_payload(np.asarray(x)))
+    if isinstance(x, complex):
+        return msgpack.ExtType(_EXT_COMPLEX, msgpack.packb((x.real, x.imag)))
+    raise TypeError(f"cannot serialise a {type(x).__name__} (only dicts, lists, Python scalars, str and arrays)")
+
+
+def _dtype_named(name: str) -> np.dtype:
+    try:
+        return np.dtype(name)
+    except TypeError:  # bfloat16, float8_*, int4: ml_dtypes types that numpy knows by object only
+        if isinstance(getattr(jnp, name, None), type):
+            return np.dtype(getattr(jnp, name))
+        raise ValueError(f"unknown array dtype {name!r}") from None
+
+
+def _array_from_payload(data: bytes) -> np.ndarray:
+    shape, name, buffer = msgpack.unpackb(data, raw=True)
+    return np.frombuffer(buffer, dtype=_dtype_named(name.decode())).reshape(shape)
+
+
+def _unpack_ext(code: int, data: bytes) -> Any:
+    if code == _EXT_NDARRAY:
+        return _array_from_payload(data)
+    if code == _EXT_NPSCALAR:
+        return _array_from_payload(data)[()]
+    if code == _EXT_COMPLEX:
+        real, imag = msgpack.unpackb(data)
+        return complex(real, imag)
+    raise ValueError(f"unknown msgpack extension type {code}")
+
+
+def _chunk_large_arrays(tree: Any) -> Any:
+    """Copy of `tree` with jax arrays as numpy and arrays over the size limit chunked. Like
+    flax, only dict values (and the root) are visited."""
+    if isinstance(tree, jax.Array):
+        tree = np.asarray(tree)
+    if isinstance(tree, np.ndarray) and tree.nbytes > _MAX_CHUNK_BYTES:
+        flat, size = tree.reshape(-1), max(1, _MAX_CHUNK_BYTES // tree.dtype.itemsize)
+        return {
+            _CHUNKED: True,
+            "shape": {str(i): d for i, d in enumerate(tree.shape)},
+            "chunks": {str(i): flat[start : start + size] for i, start in enumerate(range(0, flat.size, size))},
+        }
+    if isinstance(tree, dict):
+        return {k: _chunk_large_arrays(v) for k, v in tree.items()}
+    return tree
+
+
+def _unchunk_arrays(tree: Any) -> Any:
+    if not isinstance(tree, dict):
+        return tree
+    if _CHUNKED in tree:
+        shape = tuple(tree["shape"][str(i)] for i in range(len(tree["shape"])))
+        return np.concatenate([tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]).reshape(shape)
+    return {k: _unchunk_arrays(v) for k, v in tree.items()}
+
+
+def to_msgpack(tree: Any) -> bytes:
+    """Encode a tree of dicts, lists, Python scalars, str and arrays exactly as
+    `flax.serialization.msgpack_serialize` does (dict keys sorted, as its copy through
+    `jax.tree.map` sorts them; tuples are refused, as flax refuses them)."""
+    tree = _chunk_large_arrays(jax.tree.map(lambda x: x, tree))
+    return msgpack.packb(tree, default=_pack_ext, strict_types=True)
+
+
+def from_msgpack(data: bytes) -> Any:
+    """Decode what `flax.serialization.msgpack_serialize` (or `to_msgpack`) wrote: arrays come
+    back as read-only numpy arrays, chunked large arrays reassembled."""
+    tree = msgpack.unpackb(data, ext_hook=_unpack_ext, raw=False, strict_map_key=False)
+    return _unchunk_arrays(tree)
 
 
 def _decode_namedtuples(tree: Any) -> Any:
@@ -79,7 +174,7 @@ def load_weights(path: str | os.PathLike, config: VeLOConfig | None = None) -> M
     if not data:
         raise CheckpointError(f"{path}: the file is empty.")
     try:
-        state = serialization.msgpack_restore(data)
+        state = from_msgpack(data)
     except Exception as e:  # msgpack raises several unrelated types for bad input
         raise CheckpointError(
             f"{path}: not a readable flax msgpack checkpoint ({type(e).__name__}: {e}); "
@@ -111,7 +206,7 @@ def save_weights(path: str | os.PathLike, meta_params: MetaParams, *, gen_id: st
         "gen_id": gen_id,
         "step": int(step),
     }
-    return write_atomic(path, serialization.msgpack_serialize(state))
+    return write_atomic(path, to_msgpack(state))
 
 
 def _named_leaves(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
