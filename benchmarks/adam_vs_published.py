@@ -1,7 +1,7 @@
 """LR-tuned reference Adam against the reference's published Adam envelopes (expected ~1x).
 
-    python benchmarks/adam_vs_published.py --baselines ../shared/velodrome/speedup_over_adam.npz
-    python benchmarks/adam_vs_published.py --baselines FILE --tasks ImageMLP_FashionMnist8_Relu32 --seeds 20
+    python benchmarks/adam_vs_published.py
+    python benchmarks/adam_vs_published.py --tasks ImageMLP_FashionMnist8_Relu32 --seeds 20
 
 For every task of the published file whose data is available here, trains `adam_ref` (the
 reference's Adam: eps_root 1e-8) over `--grid` for `--steps`, and prints per task:
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from eval import baselines, envelope, optimizers, runner, suites
+from eval.published import ADAM_ENVELOPES
 
 BAND = (0.8, 1.25)
 
@@ -40,7 +41,8 @@ def curve_ratio(result: dict, published: envelope.Envelope, steps: int) -> float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baselines", required=True, type=Path, help="the reference's speedup_over_adam.npz")
+    parser.add_argument("--baselines", type=Path, default=ADAM_ENVELOPES,
+                        help="the reference's Adam envelopes (default: the copy in eval/published)")  # fmt: skip
     parser.add_argument("--tasks", help="comma-separated subset (default: every task with data)")
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, default=5)

@@ -1,6 +1,6 @@
 """Test setup: 2 forced CPU devices (sharding tests) and cheap compiles (`xla_flags.py`), the
-persistent compilation cache, strict dtype promotion, and the reference oracle in ../shared
-(never read by the package)."""
+persistent compilation cache, strict dtype promotion, and the reference oracle (vendored in
+tests/data/velo_oracle; the package never reads it)."""
 
 import os
 from pathlib import Path
@@ -25,18 +25,20 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 # (which do) opt out with @jax.numpy_dtype_promotion("standard").
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
-ORACLE = Path(os.environ.get("VELOJAX_ORACLE_DIR", REPO.parent / "shared" / "velo_oracle"))
+# Another copy of the recording (same layout) may be named by $VELOJAX_ORACLE_DIR.
+ORACLE = Path(os.environ.get("VELOJAX_ORACLE_DIR") or REPO / "tests" / "data" / "velo_oracle")
 
 
 @pytest.fixture(scope="session")
 def oracle_dir() -> Path:
     if not (ORACLE / "meta_params.json").is_file():
-        pytest.skip(f"the reference oracle is not at {ORACLE} (set VELOJAX_ORACLE_DIR)")
+        raise FileNotFoundError(f"the reference oracle is not at {ORACLE} (check $VELOJAX_ORACLE_DIR)")
     return ORACLE
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Each test sees an empty velojax weights cache and no weights override."""
+    """Each test sees an empty velojax weights cache and no weights or digest override."""
     monkeypatch.setenv("VELOJAX_CACHE_DIR", str(tmp_path / "velojax-cache"))
     monkeypatch.delenv("VELOJAX_WEIGHTS", raising=False)
+    monkeypatch.delenv("VELOJAX_WEIGHTS_SHA256", raising=False)

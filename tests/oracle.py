@@ -1,4 +1,4 @@
-"""Readers for the reference oracle (`../shared/velo_oracle`, see its README)."""
+"""Readers for the reference oracle (vendored in tests/data/velo_oracle, see its README)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from flax import serialization
 
 CASES = ("mlp", "mixed", "large", "edge", "horizon")
 
@@ -23,16 +24,26 @@ def _nest(flat: dict[str, np.ndarray], prefix: str) -> dict:
     return out
 
 
-def meta_params_from_npz(oracle: Path) -> dict:
-    """The main meta-parameters, nested by the JSON's paths (module names contain '/')."""
+def meta_params_from_checkpoint(oracle: Path) -> dict:
+    """The main meta-parameters from `checkpoint/params`, decoded with flax's msgpack reader (not
+    velojax's loader, which the parity tests check against this) and nested by the JSON's paths
+    (module names contain '/'). Each leaf's shape, dtype and mean |θ| must match what the
+    reference recorded in meta_params.json, so a damaged fixture fails here, not as a parity error."""
     spec = json.loads((oracle / "meta_params.json").read_text())
-    flat = np.load(oracle / "meta_params.npz")
+    saved = serialization.msgpack_restore((oracle / "checkpoint" / "params").read_bytes())["params"]
     tree: dict = {}
     for leaf in spec["leaves"]:
+        value = saved
+        for p in leaf["path"]:
+            value = value[p]
+        if list(value.shape) != leaf["shape"] or value.dtype != np.dtype(leaf["dtype"]):
+            raise ValueError(f"oracle leaf {leaf['key']}: {value.dtype}{value.shape}, recorded {leaf['shape']}")
+        if not np.isclose(np.mean(np.abs(value), dtype=np.float64), leaf["mean_abs"], rtol=1e-5):
+            raise ValueError(f"oracle leaf {leaf['key']}: mean |θ| differs from the recorded {leaf['mean_abs']}")
         node = tree
         for p in leaf["path"][:-1]:
             node = node.setdefault(p, {})
-        node[leaf["path"][-1]] = flat[leaf["key"]]
+        node[leaf["path"][-1]] = value
     return tree
 
 

@@ -7,6 +7,11 @@ demo needs no data. The learned optimizer is velojax's newest shipped weights
 (`optimizer.available_weights()[0]`, meta-trained by velojax itself, offline);
 `--weights` takes another shipped name or a checkpoint path, and `--pretrained` the
 official VeLO (downloaded once; offline it says so and falls back to the shipped weights).
+
+    python -m velojax fetch-weights [--to PATH] [--sha256 HEX]
+
+downloads the official VeLO weights with progress, checks them and prints their sha256
+(`python -m velojax fetch-weights --help`).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ examples:
   python -m velojax                           # the newest shipped weights against Adam, 300 steps
   python -m velojax --steps 1000 --weights small_v1
   python -m velojax --pretrained              # the official VeLO (downloaded once)
+  python -m velojax fetch-weights             # only download the official VeLO weights (see its --help)
 """
 
 

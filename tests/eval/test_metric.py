@@ -1,14 +1,11 @@
 """The speedup metric (spec §6.3) on hand-computed cases and on the reference's published
 Adam envelopes; summary statistics."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from eval import baselines, envelope, stats
-
-VELODROME = Path(__file__).resolve().parents[2].parent / "shared" / "velodrome"
+from eval.published import ADAM_ENVELOPES, MULTIPLE_BASELINES
 
 
 def linear_envelope(max_steps=1000.0, n=11):
@@ -74,18 +71,13 @@ def test_bad_envelopes_are_refused():
 
 @pytest.fixture(scope="module")
 def published():
-    if not (VELODROME / "speedup_over_adam.npz").is_file():
-        pytest.skip(f"the reference's velodrome files are not at {VELODROME}")
-    return (
-        baselines.load_reference(VELODROME / "speedup_over_adam.npz"),
-        baselines.load_reference(VELODROME / "speedup_over_multiple_baselines.json"),
-    )
+    return baselines.load_reference(ADAM_ENVELOPES), baselines.load_reference(MULTIPLE_BASELINES)
 
 
 def test_published_envelopes_import_exactly(published):
     adam, multi = published
     assert len(adam) == 75 and len(multi) == 125
-    with np.load(VELODROME / "speedup_over_adam.npz") as z:
+    with np.load(ADAM_ENVELOPES) as z:
         for task in z.files:
             np.testing.assert_array_equal(adam[task].envelope.steps, z[task][0])
             np.testing.assert_array_equal(adam[task].envelope.loss, z[task][1])

@@ -9,19 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from eval.published import MULTIPLE_BASELINES
 from tasks.base import TaskFamily
 from tasks.data import mock_real_datasets  # noqa: F401  (re-exported for the tests)
-from tests.conftest import REPO
-
-# The reference's task lists (tests may read ../shared; the package never does).
-VELODROME = REPO.parent / "shared" / "velodrome" / "speedup_over_multiple_baselines.json"
 
 
-def reference_names(prefix: str) -> set[str] | None:
-    """Names in the reference's 125-task list that start with `prefix` (None if absent)."""
-    if not VELODROME.is_file():
-        return None
-    return {n for n in json.loads(VELODROME.read_text()) if n.startswith(prefix)}
+def reference_names(prefix: str) -> set[str]:
+    """Names in the reference's 125-task list (its published baselines, shipped in
+    eval/published) that start with `prefix`."""
+    return {n for n in json.loads(MULTIPLE_BASELINES.read_text()) if n.startswith(prefix)}
 
 
 def check_family(family: TaskFamily, *, lr: float = 3e-3, optimizer=None, steps: int = 5, seed: int = 0) -> dict:
