@@ -99,7 +99,7 @@ def test_ae_perfect_reconstruction_and_normalizers():
 
 def test_every_fixed_ae_builds_abstractly():
     names = reference_names("ImageMLPAE_")
-    assert len(FIXED) == 6 and (names is None or set(FIXED) == names)
+    assert len(FIXED) == 6 and set(FIXED) == names
     for name, make in FIXED.items():
         family = make()
         assert name.endswith(f"_bs{family.batch_size}") and family.activation == "relu", name

@@ -153,8 +153,7 @@ def test_samplers_are_reproducible_and_in_range():
 def test_fixed_names():
     assert len(rnn_lm.FIXED) == 14 and len(transformer_lm.FIXED) == 16
     names = reference_names("RNNLM_")
-    if names is not None:
-        assert set(FIXED) == names | reference_names("TransformerLM_")
+    assert set(FIXED) == names | reference_names("TransformerLM_")
     lstm = FIXED["RNNLM_lm1bbytes_Patch32_LSTM128_Embed64"]()
     assert (lstm.dataset, lstm.core, lstm.rnn_size, lstm.embed_size) == ("lm1b_bytes", "lstm", 128, 64)
     assert (lstm.batch_size, lstm.seq_len, lstm.vocab, lstm.sampled_init) == (128, 32, 257, False)
