@@ -3,6 +3,7 @@
     python -m eval --optimizer velo --weights PATH --suite velodrome83 --out DIR
     python -m eval --optimizer adam --suite tiny --out DIR --steps 200
     python -m eval demo [--out runs/demo]     # meta-train tiny_cpu, evaluate on `tiny`, report
+    python -m eval ... --coordinator HOST:PORT --num-processes N --process-id K   # one of N processes
 
 Run `python -m eval --help` for the options.
 """

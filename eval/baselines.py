@@ -13,6 +13,8 @@ On disk (`BaselineStore`), one file per task and settings, `<dir>/<task>__<setti
 The reference's files load with `load_reference(path)`: `speedup_over_adam.npz` (75 tasks,
 float64[2, 512] each: steps, envelope) or `speedup_over_multiple_baselines.json` (125 tasks,
 [steps, envelope] lists; the envelope over Adam, Adam with two LR decays, and RAdam).
+`load_reference("published")` loads the copy of `speedup_over_adam.npz` shipped in
+`eval/published/` (offline).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 
 from eval import envelope as envelope_lib
 from eval import optimizers
+from eval.published import ADAM_ENVELOPES
 from eval.training import RunSettings, train_curves
 from tasks.base import TaskFamily
 from velojax.files import write_atomic
@@ -105,12 +108,23 @@ def compute(task: str, family: TaskFamily, settings: BaselineSettings, devices=N
     return Baseline(task, env, f"computed:{settings.optimizer}", curves.steps, mean, np.asarray(settings.lrs))
 
 
-def load_reference(path: str | Path) -> dict[str, Baseline]:
-    """{task: Baseline} from the reference's `speedup_over_adam.npz` or
-    `speedup_over_multiple_baselines.json` (see the module doc)."""
-    path = Path(path)
+#: The word `load_reference` (and `python -m eval --baselines`) reads as the shipped Adam envelopes.
+PUBLISHED = "published"
+
+
+def reference_file(name: str | Path) -> Path:
+    """The file `name` stands for: `eval.published.ADAM_ENVELOPES` for "published", else the
+    path itself, which must be a file."""
+    path = ADAM_ENVELOPES if str(name) == PUBLISHED else Path(name)
     if not path.is_file():
         raise FileNotFoundError(f"no baselines file at {path}")
+    return path
+
+
+def load_reference(path: str | Path) -> dict[str, Baseline]:
+    """{task: Baseline} from the reference's `speedup_over_adam.npz` or
+    `speedup_over_multiple_baselines.json` (see the module doc), or "published"."""
+    path = reference_file(path)
     source = f"reference:{path.name}"
     if path.suffix == ".json":
         data = json.loads(path.read_text())

@@ -6,7 +6,9 @@ examples:
   python -m eval --optimizer velo --weights small_v1 --suite heldout_small --out runs/small_v1
   python -m eval --optimizer velo --weights runs/tiny --suite tiny --out runs/eval   # a meta_train workdir
   python -m eval --optimizer adam_ref --grid 1e-3,3e-3,1e-2,3e-2 --suite tiny --steps 10000
-      --baselines speedup_over_adam.npz --competitors none --out runs/check  # the reference's Adam
+      --baselines published --competitors none --out runs/check  # the reference's Adam, its envelopes
+  python -m eval --suite heldout_small --out runs/e --coordinator 127.0.0.1:1234 --num-processes 2
+      --process-id 0     # and the same with --process-id 1: tasks split, process 0 writes the report
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+import jax
+
 from eval import baselines as baselines_lib
 from eval import optimizers, report, runner, suites
 from tasks import data
@@ -24,6 +28,7 @@ from velojax import cli_common
 
 DEFAULT_COMPETITORS = ("adamw_cosine", "lion", "sgd_momentum")
 BASELINE_STEPS_MULTIPLE = 10  # the reference's 100k-step sweeps for 10k-step runs
+BARRIER_TIMEOUT_S = 7 * 24 * 3600  # how long finished processes wait for the slowest one
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -78,7 +83,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baselines",
         default="compute",
-        help="'compute' (Adam sweep, cached in OUT/baselines) or a reference file "
+        help="'compute' (Adam sweep, cached in OUT/baselines), 'published' (the reference's LR-tuned Adam "
+        "envelopes of 75 tasks, shipped in eval/published/speedup_over_adam.npz: offline), or a reference file "
         "(speedup_over_adam.npz / speedup_over_multiple_baselines.json); tasks it lacks are computed",
     )
     p.add_argument(
@@ -90,7 +96,38 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mock-data", action="store_true", help="tfds datasets replaced by random mock data (smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cluster = p.add_argument_group("several processes (jax.distributed)")
+    cluster.add_argument("--distributed", action="store_true", help="join a cluster detected from the environment "
+                         "(TPU pods, Slurm, ...), or the one given by the flags below")  # fmt: skip
+    cluster.add_argument("--coordinator", help="HOST:PORT of process 0")
+    cluster.add_argument("--num-processes", type=int, help="how many processes (with --coordinator)")
+    cluster.add_argument("--process-id", type=int, help="this process's index (with --coordinator)")
     return p
+
+
+def join_cluster(args) -> None:
+    """`jax.distributed.initialize` as the cluster flags say (before any other jax use);
+    ValueError naming the flag when they are incomplete or inconsistent."""
+    n, k = args.num_processes, args.process_id
+    if args.coordinator and not args.distributed and (n is None or k is None):
+        raise ValueError("--coordinator needs --num-processes and --process-id (or --distributed to detect them)")
+    if (n is not None or k is not None) and not (args.coordinator or args.distributed):
+        raise ValueError("--num-processes and --process-id need --coordinator HOST:PORT (or --distributed)")
+    if n is not None and n < 1:
+        raise ValueError(f"--num-processes must be >= 1, got {n}")
+    if n is not None and k is not None and not 0 <= k < n:
+        raise ValueError(f"--process-id must be in 0..{n - 1}, got {k}")
+    if args.distributed or args.coordinator:
+        jax.distributed.initialize(args.coordinator, n, k)
+
+
+def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+    """Block until every process of the jax.distributed cluster has called this with `name`.
+    The coordination service's barrier: a device collective (`sync_global_devices`) failed
+    on CPU when processes arrived more than 30 s apart (gloo's setup timed out)."""
+    from jax._src import distributed  # the barrier has no public API
+
+    distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
 
 
 def _specs(args, extra: tuple = ()) -> list:
@@ -104,9 +141,15 @@ def _specs(args, extra: tuple = ()) -> list:
     return specs + [optimizers.OptaxSpec(c, tuple(args.competitor_grid)) for c in competitors if c != main.label]
 
 
-def evaluate(args, notes: list[str] | None = None, extra_specs: tuple = ()) -> Path:
-    """Run `args` (see `parser`); `extra_specs` are more optimizers under test, listed after the main one."""
-    entries = suites.select(suites.get(args.suite), tasks_=args.tasks, families=args.families, steps=args.steps)
+def evaluate(args, notes: list[str] | None = None, extra_specs: tuple = ()) -> Path | None:
+    """Run `args` (see `parser`); `extra_specs` are more optimizers under test, listed after the main one.
+
+    This process runs its share of the tasks. The report, written by process 0 once every
+    process has finished, shows every result in `args.out` of the suite's tasks whose
+    fingerprint matches these settings (also those of earlier runs on other `--tasks`).
+    Returns the report's path (None on the other processes)."""
+    suite = suites.select(suites.get(args.suite), steps=args.steps)
+    entries = suites.select(suite, tasks_=args.tasks, families=args.families)
     suites.check_resolves(entries)
     steps = {e.steps for e in entries}
     baseline_steps = args.baseline_steps or 10 * max(steps)  # per task (10x its steps) unless given
@@ -116,7 +159,8 @@ def evaluate(args, notes: list[str] | None = None, extra_specs: tuple = ()) -> P
         steps=baseline_steps,
         eval_every=min(args.eval_every, baseline_steps),
     )
-    reference = {} if args.baselines == "compute" else baselines_lib.load_reference(args.baselines)
+    reference_file = None if args.baselines == "compute" else baselines_lib.reference_file(args.baselines)
+    reference = baselines_lib.load_reference(reference_file) if reference_file else {}
     multiple = None if args.baseline_steps else BASELINE_STEPS_MULTIPLE
     store = baselines_lib.BaselineStore(args.out / "baselines", settings, reference, steps_multiple=multiple)
     eval_settings = runner.EvalSettings(
@@ -129,40 +173,59 @@ def evaluate(args, notes: list[str] | None = None, extra_specs: tuple = ()) -> P
     start = time.time()
     mock = data.mock_real_datasets(num_examples=200) if args.mock_data else contextlib.nullcontext()
     with mock:
-        results = runner.run_suite(entries, specs, args.out, store, eval_settings, progress=not args.no_progress)
-        used = {}
-        for e in entries:
-            with contextlib.suppress(Exception):  # the report draws what exists
-                if e.task in reference or store.path(e.task, e.steps).is_file():
-                    used[e.task] = reference.get(e.task) or baselines_lib.Baseline.load(store.path(e.task, e.steps))
+        runner.run_suite(entries, specs, args.out, store, eval_settings, progress=not args.no_progress)
+    processes = jax.process_count()
+    if processes > 1:  # the report waits for every process's results
+        wait_for_all_processes("python -m eval: results written")
+        if jax.process_index() != 0:
+            return None
+    results = runner.collect(suite, specs, args.out, store, eval_settings)
+    present = [e for e in suite if any(e.task in res for res in results.values())]
+    used = {}
+    for e in present:
+        with contextlib.suppress(Exception):  # the report draws what exists
+            if e.task in reference or store.path(e.task, e.steps).is_file():
+                used[e.task] = reference.get(e.task) or baselines_lib.Baseline.load(store.path(e.task, e.steps))
     notes = list(notes or []) + [
-        f"suite {args.suite}: {len(entries)} tasks, {', '.join(map(str, sorted(steps)))} steps; "
-        f"optimizers: {', '.join(s.label for s in specs)}",
-        _baseline_note(entries, reference, args.baselines, settings, multiple),
+        f"suite {args.suite}: {len(entries)} tasks run by this command ({processes} process(es)), "
+        f"{', '.join(map(str, sorted(steps)))} steps; optimizers: {', '.join(s.label for s in specs)}",
+        f"this report covers the results present in {args.out} that match these settings: "
+        f"{len(present)} of the suite's {len(suite)} tasks",
+        _baseline_note(present, reference, args.baselines, settings, multiple, reference_file),
         f"evaluation time this run: {time.time() - start:.0f} s" + (" (mock data)" if args.mock_data else ""),
     ]
-    path = report.write(results, args.out, used, title=f"{specs[0].label} on {args.suite}", notes=notes)
-    return path
+    return report.write(results, args.out, used, title=f"{specs[0].label} on {args.suite}", notes=notes)
 
 
 def _baseline_note(
-    entries, reference: dict, path: str, settings: baselines_lib.BaselineSettings, multiple: int | None = None
+    entries,
+    reference: dict,
+    path: str,
+    settings: baselines_lib.BaselineSettings,
+    multiple: int | None = None,
+    file: Path | None = None,
 ) -> str:
     computed = sum(e.task not in reference for e in entries)
     length = f"{multiple}x each task's steps" if multiple else f"{settings.steps} steps"
     sweep = f"{len(settings.lrs)} LRs x {settings.seeds} seeds x {length}"
     if not reference:
         return f"Adam baselines: computed here ({sweep})"
-    note = f"Adam baselines: the reference's published envelopes ({path}) for {len(entries) - computed} tasks"
+    where = f"{path}: {file.name}" if file is not None and path == baselines_lib.PUBLISHED else path
+    note = f"Adam baselines: the reference's published envelopes ({where}) for {len(entries) - computed} tasks"
     return note + (f"; computed here for {computed} ({sweep})" if computed else "")
 
 
 def main(argv: list[str]) -> int:
-    """`python -m eval ...` (the `demo` subcommand is dispatched by eval/__main__.py)."""
+    """`python -m eval ...` (the `demo` subcommand is dispatched by eval/__main__.py). Expected
+    failures (a bad flag value, a missing file) raise; `velojax.cli_common.run` prints them as
+    one line and exits 2."""
     args = parser().parse_args(argv)
-    try:
-        path = evaluate(args)
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"python -m eval: {err}") from None
-    print(f"report: {path}")
+    if args.baselines != "compute":
+        baselines_lib.reference_file(args.baselines)  # a missing file fails before any work
+    join_cluster(args)
+    path = evaluate(args)
+    if path is None:
+        print(f"process {jax.process_index()}: results written to {args.out}; process 0 writes the report")
+    else:
+        print(f"report: {path}")
     return 0

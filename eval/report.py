@@ -5,11 +5,15 @@
 * per-family tables (median and IQM with bootstrap 95% CIs, fraction of tasks ≥ 1, 2, 4, 16);
 * `curves/<task>.png` for a few tasks: each optimizer's loss curve, the best Adam run and
   the Adam envelope.
+
+Every file is written atomically (`velojax.files.write_atomic`): a reader, or a report
+interrupted midway, leaves the previous version of each file whole.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import json
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import numpy as np
 from eval import stats, suites
 from eval.baselines import Baseline
 from eval.runner import speedups
+from velojax.files import write_atomic
 
 MAX_CURVE_PLOTS = 6
 
@@ -42,6 +47,16 @@ def family_tables(results: dict[str, dict[str, dict]], samples: int = stats.BOOT
     return {label: stats.by_family(speedups(res), suites.family_of, samples) for label, res in results.items()}
 
 
+def _save_png(fig, path: Path, dpi: int) -> None:
+    """`fig` as a PNG at `path`, atomically; the figure is closed."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    write_atomic(path, buffer.getvalue())
+
+
 def plot_speedups(results: dict[str, dict[str, dict]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, res in results.items():
@@ -60,8 +75,7 @@ def plot_speedups(results: dict[str, dict[str, dict]], path: Path, title: str) -
     if ax.get_legend_handles_labels()[0]:  # no runs finished: no legend (and no warning)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_png(fig, path, dpi=120)
 
 
 def plot_curves(task: str, results: dict[str, dict[str, dict]], baseline: Baseline | None, path: Path) -> None:
@@ -92,8 +106,7 @@ def plot_curves(task: str, results: dict[str, dict[str, dict]], baseline: Baseli
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_png(fig, path, dpi=110)
 
 
 def write(
@@ -104,7 +117,7 @@ def write(
     samples: int = stats.BOOTSTRAP_SAMPLES,
     notes: list[str] | None = None,
 ) -> Path:
-    """Write the report into `out`; returns the path of report.md."""
+    """Write the report of `results` ({label: {task: result}}) into `out`; returns the path of report.md."""
     out = Path(out)
     (out / "curves").mkdir(parents=True, exist_ok=True)
     baselines = baselines or {}
@@ -140,8 +153,14 @@ def write(
             + [_fmt(r.get("speedup")) + ("*" if r.get("speedup") == r.get("speedup_cap") else "") for r in rs]
         )
 
-    summary = {"title": title, "families": tables, "skipped": skipped, "notes": notes or []}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary = {
+        "title": title,
+        "families": tables,
+        "skipped": skipped,
+        "notes": notes or [],
+        "iqm_definition": stats.IQM_DEFINITION,
+    }
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
 
     md = [f"# {title}", ""]
     md += [f"- {n}" for n in notes or []]
@@ -150,6 +169,8 @@ def write(
         "Speedup = (steps LR-tuned Adam needs to reach the optimizer's final loss) / (optimizer steps), "
         "from the Adam envelope (reference spec §6.3); * marks the cap (the envelope's length / steps). "
         "Intervals: percentile bootstrap over tasks.",
+        "",
+        stats.IQM_DEFINITION + ".",
         "",
         "![speedup over Adam vs fraction of tasks](speedup_vs_fraction.png)",
         "",
@@ -166,10 +187,9 @@ def write(
         md += ["## Skipped", "", *[f"- {t}: skipped: {why}" for t, why in skipped.items()], ""]
     if curve_tasks:
         md += ["## Loss curves", ""] + [f"![{t}](curves/{t}.png)" for t in curve_tasks] + [""]
-    (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(
-        _html(title, notes or [], fam_header, fam_rows, task_header, task_rows, skipped, curve_tasks)
-    )
+    write_atomic(out / "report.md", "\n".join(md))
+    page = _html(title, notes or [], fam_header, fam_rows, task_header, task_rows, skipped, curve_tasks)
+    write_atomic(out / "report.html", page)
     return out / "report.md"
 
 
@@ -192,6 +212,7 @@ def _html(title, notes, fam_header, fam_rows, task_header, task_rows, skipped, c
         f"<h1>{html.escape(title)}</h1>",
         "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
         "<img src='speedup_vs_fraction.png' alt='speedup over Adam vs fraction of tasks'>",
+        f"<p>{html.escape(stats.IQM_DEFINITION)}.</p>",
         "<h2>Per family</h2>",
         _html_table(fam_header, fam_rows),
         "<h2>Per task</h2>",

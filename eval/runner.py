@@ -9,6 +9,7 @@ Per task it writes `<out>/results/<label>/<task>.json` as soon as the task is do
 A rerun with the same settings skips tasks whose file exists. A task whose dataset is not
 available is recorded as skipped, never a crash. Tasks are split across processes
 (`jax.process_index()`); each task's runs across the local devices (`eval.training`).
+`collect` gathers every process's results that match the settings (what the report shows).
 """
 
 from __future__ import annotations
@@ -58,6 +59,20 @@ def result_path(out: Path, label: str, task: str) -> Path:
 def _fingerprint(spec, entry: SuiteEntry, settings: EvalSettings, baseline_key: str) -> str:
     what = [repr(spec), entry.task, entry.steps, dataclasses.asdict(settings), baseline_key]
     return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]
+
+
+def result_key(spec, entry: SuiteEntry, settings: EvalSettings, store: BaselineStore) -> str:
+    """The fingerprint a result of `spec` on `entry` under these settings carries."""
+    return _fingerprint(spec, entry, settings, store.settings_for(entry.steps).digest())
+
+
+def _matching(path: Path, key: str) -> dict | None:
+    """The result in `path` if it exists, is complete JSON and carries `key`; else None."""
+    try:
+        done = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):  # missing, or not JSON (a torn or foreign file)
+        return None
+    return done if isinstance(done, dict) and done.get("key") == key else None
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -122,12 +137,11 @@ def run_suite(
         todo = []
         for spec in specs:
             path = result_path(out, spec.label, entry.task)
-            key = _fingerprint(spec, entry, settings, store.settings_for(entry.steps).digest())
-            if path.is_file():
-                done = json.loads(path.read_text())
-                if done.get("key") == key:
-                    results[spec.label][entry.task] = done
-                    continue
+            key = result_key(spec, entry, settings, store)
+            done = _matching(path, key)
+            if done is not None:
+                results[spec.label][entry.task] = done
+                continue
             todo.append((spec, path, key))
         if not todo:
             continue
@@ -148,6 +162,21 @@ def run_suite(
             _write_json(path, result)
             results[spec.label][entry.task] = result
     return results
+
+
+def collect(
+    entries: Iterable[SuiteEntry], specs: list, out: str | Path, store: BaselineStore, settings: EvalSettings
+) -> dict[str, dict[str, dict]]:
+    """{label: {task: result}} of every result file in `out` (any process's) for these
+    entries and specs whose fingerprint matches these settings, in the entries' order;
+    files of other settings (e.g. other steps) are left out."""
+    found: dict[str, dict[str, dict]] = {s.label: {} for s in specs}
+    for entry in entries:
+        for spec in specs:
+            done = _matching(result_path(out, spec.label, entry.task), result_key(spec, entry, settings, store))
+            if done is not None:
+                found[spec.label][entry.task] = done
+    return found
 
 
 def load_results(out: str | Path) -> dict[str, dict[str, dict]]:

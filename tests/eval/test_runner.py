@@ -8,7 +8,8 @@ import pytest
 
 import tasks
 from eval import baselines, cli, optimizers, report, runner, suites, training
-from velojax import VeLOConfig, hand_designed_meta_params, save_weights
+from eval.published import MULTIPLE_BASELINES
+from velojax import VeLOConfig, cli_common, hand_designed_meta_params, save_weights
 
 TASK = "ImageMLP_FashionMnist8_Relu32"
 TINY_BASELINE = baselines.BaselineSettings(lrs=(1e-3, 3e-2), seeds=2, steps=40, eval_every=10)
@@ -89,12 +90,7 @@ def test_runner_resumes_skips_missing_data_and_reports(family, tmp_path, monkeyp
 
 def test_cli_on_reference_baselines_and_mock_data(tmp_path, capsys):
     """The velodrome83 path end to end on a few tasks: tfds mock data, the reference's
-    published envelopes as baselines (skipped when ../shared is absent)."""
-    from tests.eval.test_metric import VELODROME
-
-    ref = VELODROME / "speedup_over_multiple_baselines.json"
-    if not ref.is_file():
-        pytest.skip("no reference baselines file")
+    published envelopes (shipped in eval/published) as baselines."""
     two = "ImageMLP_Cifar10_8_Relu32,Conv_Cifar10_32x64x64"
     argv = [
         "--optimizer=adam",
@@ -106,7 +102,7 @@ def test_cli_on_reference_baselines_and_mock_data(tmp_path, capsys):
         "--eval-every=5",
         "--batch-size=4",
         "--competitors=none",
-        f"--baselines={ref}",
+        f"--baselines={MULTIPLE_BASELINES}",
         "--mock-data",
         "--no-progress",
     ]
@@ -118,27 +114,25 @@ def test_cli_on_reference_baselines_and_mock_data(tmp_path, capsys):
     assert not (tmp_path / "baselines").exists()  # nothing computed
 
 
-def test_cli_errors_are_clear(tmp_path):
-    with pytest.raises(SystemExit, match="unknown suite"):
-        cli.main(["--suite=nope", f"--out={tmp_path}"])
-    with pytest.raises(SystemExit, match="unknown optimizer"):
-        cli.main(["--optimizer=adamm", f"--out={tmp_path}"])
-    with pytest.raises(SystemExit, match="no VeLO weights"):
-        cli.main(["--optimizer=velo", f"--weights={tmp_path}/none", f"--out={tmp_path}"])
+def test_cli_errors_are_clear(tmp_path, capsys):
+    """`cli.main` raises; `python -m eval` (cli_common.run) prints one line and exits 2."""
+    for argv, message in (
+        (["--suite=nope"], "unknown suite 'nope'"),
+        (["--optimizer=adamm"], "unknown optimizer"),
+        (["--optimizer=velo", f"--weights={tmp_path}/none"], "no VeLO weights"),
+    ):
+        assert cli_common.run(cli.main, [*argv, f"--out={tmp_path}"], prog="python -m eval") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("python -m eval: error: ") and message in err and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.slow
 def test_velodrome83_end_to_end_on_mock_data(tmp_path):
     """`python -m eval --suite velodrome83 --steps 20` on tfds mock data (batch 8) against
     the reference's published envelopes: every task finishes (about 10 min on 2 cores)."""
-    from tests.eval.test_metric import VELODROME
-
-    ref = VELODROME / "speedup_over_multiple_baselines.json"
-    if not ref.is_file():
-        pytest.skip("no reference baselines file")
     save_weights(tmp_path / "theta", hand_designed_meta_params(VeLOConfig.small(8, 2)))
     argv = ["--optimizer=velo", f"--weights={tmp_path / 'theta'}", "--suite=velodrome83", "--steps=20",
-            "--batch-size=8", "--competitors=none", f"--baselines={ref}", "--mock-data", "--no-progress",
+            "--batch-size=8", "--competitors=none", f"--baselines={MULTIPLE_BASELINES}", "--mock-data", "--no-progress",
             f"--out={tmp_path / 'out'}"]  # fmt: skip
     assert cli.main(argv) == 0
     res = runner.load_results(tmp_path / "out")["velo"]
