@@ -96,29 +96,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mock-data", action="store_true", help="tfds datasets replaced by random mock data (smoke tests)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    cluster = p.add_argument_group("several processes (jax.distributed)")
-    cluster.add_argument("--distributed", action="store_true", help="join a cluster detected from the environment "
-                         "(TPU pods, Slurm, ...), or the one given by the flags below")  # fmt: skip
-    cluster.add_argument("--coordinator", help="HOST:PORT of process 0")
-    cluster.add_argument("--num-processes", type=int, help="how many processes (with --coordinator)")
-    cluster.add_argument("--process-id", type=int, help="this process's index (with --coordinator)")
+    cli_common.add_cluster_flags(p)
     return p
-
-
-def join_cluster(args) -> None:
-    """`jax.distributed.initialize` as the cluster flags say (before any other jax use);
-    ValueError naming the flag when they are incomplete or inconsistent."""
-    n, k = args.num_processes, args.process_id
-    if args.coordinator and not args.distributed and (n is None or k is None):
-        raise ValueError("--coordinator needs --num-processes and --process-id (or --distributed to detect them)")
-    if (n is not None or k is not None) and not (args.coordinator or args.distributed):
-        raise ValueError("--num-processes and --process-id need --coordinator HOST:PORT (or --distributed)")
-    if n is not None and n < 1:
-        raise ValueError(f"--num-processes must be >= 1, got {n}")
-    if n is not None and k is not None and not 0 <= k < n:
-        raise ValueError(f"--process-id must be in 0..{n - 1}, got {k}")
-    if args.distributed or args.coordinator:
-        jax.distributed.initialize(args.coordinator, n, k)
 
 
 def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
@@ -222,7 +201,7 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     if args.baselines != "compute":
         baselines_lib.reference_file(args.baselines)  # a missing file fails before any work
-    join_cluster(args)
+    cli_common.join_cluster(args)
     path = evaluate(args)
     if path is None:
         print(f"process {jax.process_index()}: results written to {args.out}; process 0 writes the report")

@@ -89,12 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="tfds datasets replaced by random mock examples: a smoke run of a config offline (meaningless metrics)",
     )
-    cluster = parser.add_argument_group("several processes (jax.distributed)")
-    cluster.add_argument("--distributed", action="store_true", help="join a cluster detected from the environment "
-                         "(TPU pods, Slurm, ...), or the one given by the flags below")  # fmt: skip
-    cluster.add_argument("--coordinator", help="HOST:PORT of process 0")
-    cluster.add_argument("--num-processes", type=int, help="how many processes (with --coordinator)")
-    cluster.add_argument("--process-id", type=int, help="this process's index (with --coordinator)")
+    cli_common.add_cluster_flags(parser)
     parser.add_argument("overrides", nargs="*", help="config field=value, e.g. meta_lr=1e-3 steps=20")
     args = parser.parse_args(argv)
     try:
@@ -109,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    if args.distributed or args.coordinator:
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    try:
+        cli_common.join_cluster(args)
+    except ValueError as err:
+        parser.error(cli_common.message(err))
 
     from meta_train import train
     from tasks import data

@@ -52,3 +52,18 @@ def test_meta_train_prints_a_config_with_its_overrides(capsys):
     assert json.loads(capsys.readouterr().out)["meta_lr"] == 0.005
     with pytest.raises(SystemExit):
         meta_train_main(["--config", "tiny_cpu"])  # no --workdir
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--coordinator", "127.0.0.1:1"], "--coordinator needs --num-processes and --process-id"),
+        (["--num-processes", "2", "--process-id", "0"], "need --coordinator HOST:PORT"),
+        (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"], "--process-id must be in 0..1"),
+    ],
+)
+def test_meta_train_checks_its_cluster_flags_before_joining(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        meta_train_main(["--config", "tiny_cpu", "--workdir", str(tmp_path), *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing started

@@ -65,3 +65,31 @@ def run(
             raise
         print(f"{prog}: error: {message(err)}", file=sys.stderr)
         return 2
+
+
+def add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that make a command one process of a `jax.distributed` cluster."""
+    cluster = parser.add_argument_group("several processes (jax.distributed)")
+    cluster.add_argument("--distributed", action="store_true", help="join a cluster detected from the environment "
+                         "(TPU pods, Slurm, ...), or the one given by the flags below")  # fmt: skip
+    cluster.add_argument("--coordinator", help="HOST:PORT of process 0")
+    cluster.add_argument("--num-processes", type=int, help="how many processes (with --coordinator)")
+    cluster.add_argument("--process-id", type=int, help="this process's index (with --coordinator)")
+
+
+def join_cluster(args: argparse.Namespace) -> None:
+    """`jax.distributed.initialize` as `add_cluster_flags`'s flags say (call it before any
+    other jax use); a ValueError naming the flag when they are incomplete or inconsistent."""
+    n, k = args.num_processes, args.process_id
+    if args.coordinator and not args.distributed and (n is None or k is None):
+        raise ValueError("--coordinator needs --num-processes and --process-id (or --distributed to detect them)")
+    if (n is not None or k is not None) and not (args.coordinator or args.distributed):
+        raise ValueError("--num-processes and --process-id need --coordinator HOST:PORT (or --distributed)")
+    if n is not None and n < 1:
+        raise ValueError(f"--num-processes must be >= 1, got {n}")
+    if n is not None and k is not None and not 0 <= k < n:
+        raise ValueError(f"--process-id must be in 0..{n - 1}, got {k}")
+    if args.distributed or args.coordinator:
+        import jax
+
+        jax.distributed.initialize(args.coordinator, n, k)

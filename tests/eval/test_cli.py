@@ -12,6 +12,7 @@ import pytest
 from eval import baselines, cli
 from eval.published import ADAM_ENVELOPES
 from tests.conftest import REPO
+from velojax import cli_common
 
 CLUSTER_FLAGS = ("--distributed", "--coordinator", "--num-processes", "--process-id")
 
@@ -63,7 +64,7 @@ def test_inconsistent_cluster_flags_are_refused_before_joining(flags, message, m
 
     monkeypatch.setattr(jax.distributed, "initialize", lambda *a: pytest.fail("joined a cluster"))
     with pytest.raises(ValueError, match=message):
-        cli.join_cluster(cli.parser().parse_args(["--out=x", *flags]))
+        cli_common.join_cluster(cli.parser().parse_args(["--out=x", *flags]))
 
 
 def test_cluster_flags_reach_jax_distributed(monkeypatch):
@@ -71,11 +72,11 @@ def test_cluster_flags_reach_jax_distributed(monkeypatch):
 
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda *a: calls.append(a))
-    cli.join_cluster(cli.parser().parse_args(["--out=x"]))
+    cli_common.join_cluster(cli.parser().parse_args(["--out=x"]))
     assert calls == []  # no flags: one process, nothing joined
     flags = ["--out=x", "--coordinator=10.0.0.1:1234", "--num-processes=4", "--process-id=3"]
-    cli.join_cluster(cli.parser().parse_args(flags))
-    cli.join_cluster(cli.parser().parse_args(["--out=x", "--distributed"]))  # detected from the environment
+    cli_common.join_cluster(cli.parser().parse_args(flags))
+    cli_common.join_cluster(cli.parser().parse_args(["--out=x", "--distributed"]))  # detected from the environment
     assert calls == [("10.0.0.1:1234", 4, 3), (None, None, None)]
 
 
