@@ -30,6 +30,7 @@ import numpy as np
 
 from eval import envelope as envelope_lib
 from eval import optimizers
+from eval.code_version import code_version
 from eval.published import ADAM_ENVELOPES
 from eval.training import RunSettings, train_curves
 from tasks.base import TaskFamily
@@ -55,7 +56,9 @@ class BaselineSettings:
         return RunSettings(self.steps, self.seeds, self.eval_every, self.eval_batches, self.final_eval_batches)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """The cache key of a sweep: these settings and the code that runs it (`code_version`)."""
+        what = dataclasses.asdict(self) | {"code": code_version()}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclasses.dataclass(frozen=True)

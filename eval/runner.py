@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 import tasks
 from eval.baselines import Baseline, BaselineStore
+from eval.code_version import code_version
 from eval.suites import SuiteEntry
 from eval.training import RunSettings, train_curves
 from tasks.base import with_batch_size
@@ -57,7 +58,7 @@ def result_path(out: Path, label: str, task: str) -> Path:
 
 
 def _fingerprint(spec, entry: SuiteEntry, settings: EvalSettings, baseline_key: str) -> str:
-    what = [repr(spec), entry.task, entry.steps, dataclasses.asdict(settings), baseline_key]
+    what = [repr(spec), entry.task, entry.steps, dataclasses.asdict(settings), baseline_key, code_version()]
     return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]
 
 

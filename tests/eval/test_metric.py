@@ -103,7 +103,9 @@ def test_metric_on_published_envelopes(published):
 
 def test_iqm_and_summary_by_hand():
     np.testing.assert_allclose(stats.iqm(np.arange(1.0, 9.0)), 4.5)
-    np.testing.assert_allclose(stats.iqm(np.arange(1.0, 6.0)), 3.0)  # trim_mean: int(1.25) = 1 dropped from each end, mean(2, 3, 4)
+    np.testing.assert_allclose(
+        stats.iqm(np.arange(1.0, 6.0)), 3.0
+    )  # trim_mean: int(1.25) = 1 dropped from each end, mean(2, 3, 4)
     s = stats.summarize(np.array([0.5, 1.0, 2.0, 4.0, 20.0, np.nan]), samples=2000)
     assert s["n"] == 5 and s["median"] == 2.0
     assert (s["frac_ge_1"], s["frac_ge_2"], s["frac_ge_4"], s["frac_ge_16"]) == (0.8, 0.6, 0.4, 0.2)

@@ -190,3 +190,27 @@ def test_the_scored_final_loss_is_averaged_over_100_batches_unless_told():
     fingerprint = lambda s: runner._fingerprint(spec, entry, s, "baseline")  # noqa: E731
     # Results cached under the reference's 10 batches are not reused for 100.
     assert fingerprint(runner.EvalSettings()) != fingerprint(runner.EvalSettings(final_eval_batches=10))
+
+
+def test_a_code_change_invalidates_cached_results_and_baselines(tmp_path, monkeypatch):
+    """Results and computed baselines carry the code's digest: files written by other code
+    are not reused."""
+    from eval import code_version as cv
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "__main__.py").write_text("print()\n")
+    before = cv.digest_of([tmp_path / "pkg"], tmp_path)
+    (tmp_path / "pkg" / "__main__.py").write_text("print('cli only')\n")  # a command line: no effect
+    assert cv.digest_of([tmp_path / "pkg"], tmp_path) == before
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert cv.digest_of([tmp_path / "pkg"], tmp_path) != before
+    assert len(cv.code_version()) == 16 and cv.code_version() == cv.code_version()
+
+    spec, entry = optimizers.OptaxSpec("adam", (1e-2,)), suites.SuiteEntry(TASK, steps=20)
+    result = runner._fingerprint(spec, entry, runner.EvalSettings(), "baseline")
+    baseline = baselines.BaselineSettings().digest()
+    monkeypatch.setattr(runner, "code_version", lambda: "other code")
+    monkeypatch.setattr(baselines, "code_version", lambda: "other code")
+    assert runner._fingerprint(spec, entry, runner.EvalSettings(), "baseline") != result
+    assert baselines.BaselineSettings().digest() != baseline
