@@ -20,6 +20,7 @@ reference's `unroll_8x10` measurement: 8 vmapped tasks, SGD, 10-step unrolls), c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -191,12 +192,12 @@ def calibrate(
         cached = json.loads(path.read_text())
         if all(cached.get(k) == v for k, v in key.items()):
             return CostModel.from_json(json.dumps(cached["model"]))
-    timed = families
+    bar = contextlib.nullcontext(families)
     if progress:
         from tqdm.auto import tqdm
 
-        timed = tqdm(families, desc="timing tasks", unit="task")
-    with jax.numpy_dtype_promotion("standard"):
+        bar = tqdm(families, desc="timing tasks", unit="task")
+    with bar as timed, jax.numpy_dtype_promotion("standard"):  # closed on an error: the message gets its own line
         seconds = [measure_step_seconds(f, num_tasks) for f in timed]
     model = fit(families, seconds, num_tasks, device=f"this machine ({jax.devices()[0].device_kind}, calibrated)")
     if use_cache:
