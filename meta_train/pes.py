@@ -47,22 +47,28 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from meta_train.estimators import (
-    AXIS,
-    _pair_keys,
-    _stacked,
-    antithetic_thetas,
-    default_mesh,
-    pair_rngs,
-    perturbation,
-    place,
-    sharded_program,
-    to_host,
-)
+from meta_train import data_feed
+from meta_train.es import aggregate_pairs, antithetic_thetas, perturbation, sample_length
 from meta_train.learned_optimizer import VeLONetwork
+from meta_train.sharding import AXIS, default_mesh, place, sharded_program, to_host
 from tasks.base import TaskFamily
 
 PyTree = Any
+__all__ = ["GradientTerms", "InnerRuns", "PESState", "TruncatedPES", "pes_gradient_terms", "sample_length"]
+
+
+class InnerRuns(NamedTuple):
+    """The persistent inner runs of the pairs, all leaves with a leading pairs axis: the
+    carry of the unroll, and `PESState` without its accumulator (same fields, same order;
+    see there)."""
+
+    cfg: PyTree
+    params: PyTree
+    model_state: PyTree
+    opt: PyTree
+    step: jax.Array
+    length: jax.Array
+    done: jax.Array
 
 
 class PESState(NamedTuple):
@@ -87,8 +93,29 @@ class PESState(NamedTuple):
     done: jax.Array
     accumulator: PyTree
 
+    @classmethod
+    def of(cls, inner: InnerRuns, accumulator: PyTree) -> PESState:
+        """The state of inner runs `inner` with accumulators `accumulator`."""
+        return cls(**inner._asdict(), accumulator=accumulator)
+
+    def inner(self) -> InnerRuns:
+        """The inner runs (the state without its accumulator)."""
+        return InnerRuns(**{name: getattr(self, name) for name in InnerRuns._fields})
+
+
+class _Task(NamedTuple):
+    """A pair's task and its two inner runs (θ+ε, θ−ε): the part of `InnerRuns` a
+    reset replaces."""
+
+    cfg: PyTree
+    params: PyTree
+    model_state: PyTree
+    opt: PyTree
+
 
 class _Trace(NamedTuple):
+    """What a chunk of the unroll records per step (its `ys` step-major, returned as below)."""
+
     losses: jax.Array  # [pairs, 2, steps] normalised training losses (0 on reset steps)
     mask: jax.Array  # [pairs, steps] the step trained
     done: jax.Array  # [pairs, steps] the step ended its episode
@@ -164,43 +191,56 @@ class TruncatedPES:
         inner, traces, pert_keys = self._unroll(theta, state, key, family, mesh)
         programs = _programs(self, family, mesh)
         grad, accumulator, stats = programs.finish(theta, state.accumulator, pert_keys, traces)
-        meta_loss, nonfinite, resets, trained = (to_host(x) for x in stats)
+        stats = jax.tree.map(to_host, stats)
         metrics = {
-            "meta_loss": float(meta_loss),
+            "meta_loss": float(stats.meta_loss),
             "length": self.trunc_length,
-            "inner_steps": 2 * int(trained),
-            "resets": int(resets),
-            "nonfinite_pairs": int(nonfinite),
+            "inner_steps": 2 * int(stats.trained),
+            "resets": int(stats.resets),
+            "nonfinite_pairs": int(stats.nonfinite_pairs),
         }
-        return grad, PESState(*inner, accumulator=accumulator), metrics
+        return grad, PESState.of(inner, accumulator), metrics
 
     def _unroll(self, theta, state, key, family, mesh):
         """(inner state after the truncation, its traces (one per chunk), εᵢ keys)."""
         programs = _programs(self, family, mesh)
         k_pert, k_data, k_step = jax.random.split(key, 3)
         pert_keys = place(jax.random.split(k_pert, self.num_pairs), NamedSharding(mesh, P(AXIS)))
-        rngs = pair_rngs(k_data, self.num_pairs)
-        inner = tuple(state)[:-1]
+        rngs = data_feed.pair_rngs(k_data, self.num_pairs)
+        inner = state.inner()
         traces = []
         for c in range(self.trunc_length // self.chunk):
-            batches = _stacked(family, rngs, "train", self.chunk)
-            keys = _pair_keys(jax.random.fold_in(k_step, c), self.num_pairs, self.chunk)
+            batches = data_feed.stacked(family, rngs, "train", self.chunk)
+            keys = data_feed.pair_keys(jax.random.fold_in(k_step, c), self.num_pairs, self.chunk)
             inner, trace = programs.chunk(theta, pert_keys, inner, batches, keys)
             traces.append(trace)
         return inner, tuple(traces), pert_keys
 
 
-def sample_length(key: jax.Array, min_length: int, max_length: int) -> jax.Array:
-    """int32 int(exp(U(log min, log max))), within [min, max] (traceable)."""
-    lo, hi = jnp.log(jnp.float32(min_length)), jnp.log(jnp.float32(max_length))
-    length = jnp.floor(jnp.exp(lo + jax.random.uniform(key, (), jnp.float32) * (hi - lo)))
-    return jnp.clip(length, min_length, max_length).astype(jnp.int32)
+class GradientTerms(NamedTuple):
+    """Per pair [n], from a truncation's traces (see `pes_gradient_terms`)."""
+
+    l_old: jax.Array  # float: ℓ_old, the weight of Aᵢ + εᵢ in ĝ
+    l_new: jax.Array  # float: ℓ_new, the weight of εᵢ alone
+    reset: jax.Array  # bool: A′ = ε
+    keep: jax.Array  # bool: A′ = A + ε (neither: A′ = 0)
+    nonfinite: jax.Array  # bool: a trained step had a non-finite δ
+    pair_loss: jax.Array  # float: mean over trained steps of (L⁺ + L⁻)/2
+    trained: jax.Array  # float: the trained steps Mᵢ
 
 
-def pes_gradient_terms(losses, mask, done, sign_delta, reference_attribution):
-    """Per pair (ℓ_old, ℓ_new, reset, keep, nonfinite, pair loss, trained steps) from the
-    truncation's traces (losses [n, 2, T], mask and done [n, T]); see the module doc.
-    `reset`: A′ = ε; `keep`: A′ = A + ε (else A′ = 0)."""
+class _Stats(NamedTuple):
+    """Scalars over all pairs of a truncation, from the finish program."""
+
+    meta_loss: jax.Array
+    nonfinite_pairs: jax.Array
+    resets: jax.Array
+    trained: jax.Array
+
+
+def pes_gradient_terms(losses, mask, done, sign_delta, reference_attribution) -> GradientTerms:
+    """The per-pair terms of ĝ and A′ from the truncation's traces (losses [n, 2, T],
+    mask and done [n, T]); see the module doc."""
     mask = mask.astype(jnp.float32)
     delta = losses[:, 0] - losses[:, 1]
     bad = ~jnp.isfinite(delta) & (mask > 0)
@@ -223,7 +263,7 @@ def pes_gradient_terms(losses, mask, done, sign_delta, reference_attribution):
     nonfinite = jnp.any(bad, axis=1)
     side_mean = jnp.sum(jnp.where(mask[:, None] > 0, losses, 0.0), axis=2) / denom[:, None]
     pair_loss = jnp.mean(side_mean, axis=1)
-    return l_old, l_new, reset, keep, nonfinite, pair_loss, count
+    return GradientTerms(l_old, l_new, reset, keep, nonfinite, pair_loss, count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +292,16 @@ def _programs(pes: TruncatedPES, family: TaskFamily, mesh: Mesh) -> _Programs:
         opt = lopt.init(theta, params, length)
         zero = jnp.zeros((), jnp.int32)
         acc = jax.tree.map(jnp.zeros_like, theta)
-        return PESState(cfg, both(params), both(model_state), both(opt), zero, length, jnp.zeros((), bool), acc)
+        return PESState(
+            cfg=cfg,
+            params=both(params),
+            model_state=both(model_state),
+            opt=both(opt),
+            step=zero,
+            length=length,
+            done=jnp.zeros((), bool),
+            accumulator=acc,
+        )
 
     def init_local(theta, keys):
         return jax.vmap(init_pair, in_axes=(None, 0))(theta, keys)
@@ -273,41 +322,42 @@ def _programs(pes: TruncatedPES, family: TaskFamily, mesh: Mesh) -> _Programs:
             cfg = family.sample(k_cfg)
             params, model_state = family.init(k_init, cfg)
             opt = jax.vmap(lambda th: lopt.init(th, params, length), in_axes=(side_axes,), axis_size=2)(th2)
-            return cfg, both(params), both(model_state), opt
+            return _Task(cfg, both(params), both(model_state), opt)
 
-        def step(carry, xs):
-            cfg, params, model_state, opt, count, length, done = carry
+        def step(runs: InnerRuns, xs) -> tuple[InnerRuns, _Trace]:
             batch, key = xs  # [pairs, ...]
+            done = runs.done
             k_train, k_reset, k_len = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(key), 1, 0)
             train = jax.vmap(train_pair, in_axes=(pair_axes,) + (0,) * 6)
-            params1, state1, opt1, losses = train(thetas, cfg, params, model_state, opt, batch, k_train)
+            params1, state1, opt1, losses = train(
+                thetas, runs.cfg, runs.params, runs.model_state, runs.opt, batch, k_train
+            )
 
             def with_resets(trained):
-                fresh = jax.vmap(reset_pair, in_axes=(pair_axes, 0, 0))(thetas, length, k_reset)
+                fresh = jax.vmap(reset_pair, in_axes=(pair_axes, 0, 0))(thetas, runs.length, k_reset)
 
                 def pick(new, old):
                     return jnp.where(done.reshape(done.shape + (1,) * (old.ndim - 1)), new, old)
 
                 return jax.tree.map(pick, fresh, trained)
 
-            trained = (cfg, params1, state1, opt1)
-            cfg, params, model_state, opt = jax.lax.cond(jnp.any(done), with_resets, lambda t: t, trained)
-            count = jnp.where(done, 0, count + 1)
-            ended = ~done & (count >= length)
+            trained = _Task(runs.cfg, params1, state1, opt1)
+            task = jax.lax.cond(jnp.any(done), with_resets, lambda t: t, trained)
+            count = jnp.where(done, 0, runs.step + 1)
+            ended = ~done & (count >= runs.length)
             new_length = jax.vmap(lambda k: sample_length(k, pes.min_length, pes.max_length))(k_len)
-            length = jnp.where(ended, new_length, length)
+            length = jnp.where(ended, new_length, runs.length)
             losses = jnp.where(done[:, None], 0.0, losses)
-            return (cfg, params, model_state, opt, count, length, ended), (losses, ~done, ended)
+            runs = InnerRuns(**task._asdict(), step=count, length=length, done=ended)
+            return runs, _Trace(losses=losses, mask=~done, done=ended)
 
         steps_first = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (batches, keys))
-        inner, (losses, mask, ended) = jax.lax.scan(step, tuple(inner), steps_first)
-        return inner, _Trace(jnp.transpose(losses, (1, 2, 0)), mask.T, ended.T)
+        inner, trace = jax.lax.scan(step, inner, steps_first)  # trace: [steps, pairs, ...]
+        return inner, _Trace(jnp.transpose(trace.losses, (1, 2, 0)), trace.mask.T, trace.done.T)
 
     def finish_local(theta, accumulator, pert_keys, traces):
-        losses, mask, done = (jnp.concatenate(parts, axis=-1) for parts in zip(*traces))
-        l_old, l_new, reset, keep, nonfinite, pair_loss, count = pes_gradient_terms(
-            losses, mask, done, pes.sign_delta, pes.reference_attribution
-        )
+        trace = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=-1), *traces)  # the chunks' steps in order
+        terms = pes_gradient_terms(trace.losses, trace.mask, trace.done, pes.sign_delta, pes.reference_attribution)
 
         def one(total, xs):
             acc, key, lo, ln, rs, kp = xs
@@ -320,20 +370,17 @@ def _programs(pes: TruncatedPES, family: TaskFamily, mesh: Mesh) -> _Programs:
             return total, new_acc
 
         zeros = jax.tree.map(jnp.zeros_like, theta)
-        total, new_acc = jax.lax.scan(one, zeros, (accumulator, pert_keys, l_old, l_new, reset, keep))
-        total = jax.lax.psum(total, AXIS)
-        grad = jax.tree.map(lambda g: g / (pes.num_pairs * 2 * std**2), total)
-        ok = ~nonfinite & (count > 0)
-        included = jax.lax.psum(jnp.sum(ok.astype(jnp.float32)), AXIS)
-        meta_loss = jax.lax.psum(jnp.sum(jnp.where(ok, pair_loss, 0.0)), AXIS) / jnp.maximum(included, 1.0)
-        meta_loss = jnp.where(included > 0, meta_loss, jnp.nan)
-        stats = (
-            meta_loss,
-            jax.lax.psum(jnp.sum(nonfinite), AXIS),
-            jax.lax.psum(jnp.sum(done), AXIS),
-            jax.lax.psum(jnp.sum(count), AXIS),
+        xs = (accumulator, pert_keys, terms.l_old, terms.l_new, terms.reset, terms.keep)
+        total, new_acc = jax.lax.scan(one, zeros, xs)
+        ok = ~terms.nonfinite & (terms.trained > 0)
+        out = aggregate_pairs(total, terms.pair_loss, ok, pes.num_pairs, std, AXIS)
+        stats = _Stats(
+            meta_loss=out.meta_loss,
+            nonfinite_pairs=jax.lax.psum(jnp.sum(terms.nonfinite), AXIS),
+            resets=jax.lax.psum(jnp.sum(trace.done), AXIS),
+            trained=jax.lax.psum(jnp.sum(terms.trained), AXIS),
         )
-        return grad, new_acc, stats
+        return out.grad, new_acc, stats
 
     pairs, rep = P(AXIS), P()
     program = functools.partial(sharded_program, mesh)

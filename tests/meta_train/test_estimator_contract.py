@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from meta_train import configs, train
+from meta_train import configs, data_feed, estimators, sharding, train
+from meta_train import es as es_maths
 from meta_train.estimators import Estimator, FullES
 from meta_train.pes import TruncatedPES
 from tests.meta_train.helpers import QUADRATIC, SGD, SMALL_NET, WithoutAntithetic
@@ -74,3 +75,17 @@ def test_shared_gate_product_gives_the_materialised_estimate(name):
     assert m1["meta_loss"] == pytest.approx(m2["meta_loss"], rel=1e-5)
     for a, b in zip(_leaves(g1), _leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+def test_names_split_out_of_estimators_are_still_importable_from_it():
+    """train.py, benchmarks/ and older code import the mesh, ES and data-feed helpers from
+    `meta_train.estimators`; they are the split-out modules' own functions."""
+    for module, names in (
+        (sharding, ["AXIS", "default_mesh", "place", "sharded_program", "to_host"]),
+        (es_maths, ["OWN_DRAW_SIZE", "perturbation", "es_gradient_sum", "antithetic_thetas", "rollout_length"]),
+        (data_feed, ["pair_rngs"]),
+    ):
+        for name in names:
+            assert getattr(estimators, name) is getattr(module, name), name
+    assert estimators._stacked is data_feed.stacked and estimators._step_keys is data_feed.step_keys
+    assert estimators._pair_keys is data_feed.pair_keys

@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_train import estimators
-from meta_train.estimators import FullES, es_gradient_sum, perturbation, rollout_length
+from meta_train import data_feed, estimators
+from meta_train.es import perturbation
+from meta_train.estimators import FullES
+from meta_train.sharding import default_mesh
 from tests.conftest import REPO
 from tests.meta_train.helpers import (
     QUADRATIC,
@@ -24,74 +26,20 @@ from tests.meta_train.helpers import (
 )
 
 
-def test_antithetic_estimate_is_unbiased_on_a_quadratic():
-    """f(θ) = Σ a θ²/2 + b θ: E[ĝ] = ∇f; the mean of 400 estimates of 4 pairs is within 3
-    standard errors of it in every coordinate."""
-    theta = {"w": jnp.linspace(-1.0, 1.0, 5), "b": jnp.array([0.5, -2.0])}
-    a = {"w": jnp.arange(1.0, 6.0), "b": jnp.array([3.0, 0.1])}
-    c = {"w": jnp.full(5, 0.3), "b": jnp.array([-1.0, 2.0])}
-
-    def f(t):
-        return sum(jnp.sum(0.5 * a[k] * t[k] ** 2 + c[k] * t[k]) for k in t)
-
-    std, pairs = 0.1, 4
-
-    @jax.jit
-    def estimate(key):
-        keys = jax.random.split(key, pairs)
-
-        def delta(k):
-            eps = perturbation(theta, k, std)
-            return f(jax.tree.map(jnp.add, theta, eps)) - f(jax.tree.map(jnp.subtract, theta, eps))
-
-        total = es_gradient_sum(theta, keys, jax.vmap(delta)(keys), std)
-        return jax.tree.map(lambda g: g / (pairs * 2 * std**2), total)
-
-    samples = jax.vmap(estimate)(jax.random.split(jax.random.PRNGKey(0), 400))
-    true = jax.grad(f)(theta)
-    for k in theta:
-        mean, se = samples[k].mean(0), samples[k].std(0) / np.sqrt(400)
-        assert np.all(np.abs(mean - true[k]) < 3 * se), (k, mean, true[k], se)
-        assert np.all(se > 0)
-
-
-def test_perturbation_layout_big_leaves_have_their_own_draw():
-    """Leaves under OWN_DRAW_SIZE share one draw from the key (leaf order); a bigger leaf
-    j is σ·normal(fold_in(key, j)), so a program reading only the small leaves compiles
-    no big draw. The gradient sum regenerates exactly these ε."""
-    big = estimators.OWN_DRAW_SIZE
-    theta = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2)), "big": jnp.zeros(big)}  # leaf order a, b, big
-    key, std = jax.random.PRNGKey(7), 0.5
-    eps = perturbation(theta, key, std)
-    flat = std * jax.random.normal(key, (8,))  # 7 small entries, drawn as an even count
-    np.testing.assert_array_equal(eps["a"], flat[:3])
-    np.testing.assert_array_equal(eps["b"], flat[3:7].reshape(2, 2))
-    np.testing.assert_array_equal(eps["big"], std * jax.random.normal(jax.random.fold_in(key, 2), (big,)))
-    assert abs(float(jnp.std(eps["big"])) / std - 1) < 0.01
-    small_only = jax.jit(lambda k: perturbation(theta, k, std)["a"]).lower(key).compile().as_text()
-    assert str(big) not in small_only
-
-    keys, deltas = jax.random.split(key, 3), jnp.array([1.0, -2.0, 0.5])
-    total = es_gradient_sum(theta, keys, deltas, std)
-    want = [jax.tree.map(lambda e, d=d: d * e, perturbation(theta, k, std)) for k, d in zip(keys, deltas)]
-    want = jax.tree.map(lambda *xs: sum(xs), *want)
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7), total, want)
-
-
 def test_antithetic_pairs_share_task_init_and_data():
     es = small_es(loss_type="avg")
     theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
-    mesh = estimators.default_mesh(es.num_pairs)
+    mesh = default_mesh(es.num_pairs)
     programs = estimators._programs(es, QUADRATIC, mesh, True)
     task_keys = jax.random.split(jax.random.PRNGKey(1), es.num_pairs)
     pert_keys = jax.random.split(jax.random.PRNGKey(2), es.num_pairs)
-    cfgs, carry = programs.init(theta, task_keys, pert_keys, jnp.int32(10))
-    params = np.asarray(carry[0]["w"])  # [pairs, 2, dim]
+    cfgs, runs = programs.init(theta, task_keys, pert_keys, jnp.int32(10))
+    params = np.asarray(runs.params["w"])  # [pairs, 2, dim]
     np.testing.assert_array_equal(params[:, 0], params[:, 1])
     assert len({p.tobytes() for p in params[:, 0]}) == es.num_pairs  # each pair its own task
-    batches = estimators._stacked(QUADRATIC, estimators.pair_rngs(jax.random.PRNGKey(3), es.num_pairs), "train", 5)
-    keys = estimators._pair_keys(jax.random.PRNGKey(4), es.num_pairs, 5)
-    carry, losses = programs.chunk(theta, pert_keys, cfgs, carry, batches, keys)
+    batches = data_feed.stacked(QUADRATIC, data_feed.pair_rngs(jax.random.PRNGKey(3), es.num_pairs), "train", 5)
+    keys = data_feed.pair_keys(jax.random.PRNGKey(4), es.num_pairs, 5)
+    runs, losses = programs.chunk(theta, pert_keys, cfgs, runs, batches, keys)
     losses = np.asarray(losses)  # [pairs, 2, steps]
     np.testing.assert_array_equal(losses[:, 0, 0], losses[:, 1, 0])  # same task, init, data, key
     assert np.all(losses[:, 0, 1:] != losses[:, 1, 1:])  # different θ from the first update on
@@ -99,14 +47,14 @@ def test_antithetic_pairs_share_task_init_and_data():
 
 def _chunk_losses(es, theta, steps):
     """Pair losses [pairs, 2, steps] of one chunk, with its inputs."""
-    programs = estimators._programs(es, QUADRATIC, estimators.default_mesh(es.num_pairs), True)
+    programs = estimators._programs(es, QUADRATIC, default_mesh(es.num_pairs), True)
     task_keys = jax.random.split(jax.random.PRNGKey(1), es.num_pairs)
     pert_keys = jax.random.split(jax.random.PRNGKey(2), es.num_pairs)
-    cfgs, carry = programs.init(theta, task_keys, pert_keys, jnp.int32(10))
-    start = jax.tree.map(np.asarray, (carry[0], carry[1]))  # (the chunk donates carry)
-    batches = estimators._stacked(QUADRATIC, estimators.pair_rngs(jax.random.PRNGKey(3), es.num_pairs), "train", steps)
-    keys = estimators._pair_keys(jax.random.PRNGKey(4), es.num_pairs, steps)
-    _, losses = programs.chunk(theta, pert_keys, cfgs, carry, batches, keys)
+    cfgs, runs = programs.init(theta, task_keys, pert_keys, jnp.int32(10))
+    start = jax.tree.map(np.asarray, (runs.params, runs.model_state))  # (the chunk donates runs)
+    batches = data_feed.stacked(QUADRATIC, data_feed.pair_rngs(jax.random.PRNGKey(3), es.num_pairs), "train", steps)
+    keys = data_feed.pair_keys(jax.random.PRNGKey(4), es.num_pairs, steps)
+    _, losses = programs.chunk(theta, pert_keys, cfgs, runs, batches, keys)
     return np.asarray(losses), (pert_keys, cfgs, start, batches, keys)
 
 
@@ -157,6 +105,18 @@ def test_estimates_do_not_depend_on_the_chunking():
         small_es(chunk=10, length_multiple=4)
 
 
+def test_the_data_feed_does_not_depend_on_the_chunking():
+    """A rollout's calls cover its steps in order (chunks, then the remainder in
+    `multiple`s), and the loss keys of steps 0-9 are the same made in one call or two."""
+    assert data_feed.chunk_sizes(35, 10, 5) == [10, 10, 10, 5]
+    assert data_feed.chunk_sizes(20, 10, 5) == [10, 10] and data_feed.chunk_sizes(5, 10, 5) == [5]
+    key = jax.random.PRNGKey(4)
+    whole = data_feed.step_keys(key, 3, 0, 10)
+    parts = np.concatenate([data_feed.step_keys(key, 3, 0, 4), data_feed.step_keys(key, 3, 4, 6)], axis=1)
+    assert whole.shape[:2] == (3, 10) and len({k.tobytes() for k in np.asarray(whole).reshape(30, -1)}) == 30
+    np.testing.assert_array_equal(whole, parts)
+
+
 def test_estimate_metrics_and_determinism():
     es = small_es()
     theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
@@ -186,14 +146,6 @@ def test_nan_pairs_are_dropped_and_counted():
     assert np.isfinite(metrics["meta_loss"])
 
 
-def test_rollout_length_schedule():
-    lengths = [rollout_length(k, 100, 20_000, 10) for k in jax.random.split(jax.random.PRNGKey(0), 300)]
-    assert all(100 <= n <= 20_000 and n % 10 == 0 for n in lengths)
-    logs = np.log(lengths)
-    assert abs(np.mean(logs) - (np.log(100) + np.log(20_000)) / 2) < 0.3  # log-uniform
-    assert rollout_length(jax.random.PRNGKey(1), 3, 7, 10) == 10  # at least one chunk
-
-
 @pytest.mark.parametrize(
     "bad", [dict(loss_type="max"), dict(num_pairs=0), dict(min_length=5, max_length=2), dict(std=0)]
 )
@@ -205,7 +157,7 @@ def test_bad_settings_are_rejected(bad):
 _SHARDED = """
 import json, sys, jax
 sys.path.insert(0, {repo!r})
-from meta_train import estimators
+from meta_train.sharding import default_mesh
 from tests.meta_train.helpers import QUADRATIC, SMALL_NET, small_es
 assert jax.device_count() == 8
 es = small_es(num_pairs=8)
@@ -213,7 +165,7 @@ theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
 out = {{}}
 with jax.numpy_dtype_promotion("standard"):
     for n in (1, 8):
-        mesh = estimators.default_mesh(8, jax.devices()[:n])
+        mesh = default_mesh(8, jax.devices()[:n])
         g, _, m = es.estimate(theta, (), jax.random.PRNGKey(3), QUADRATIC, mesh)
         out[n] = {{"grad": [x.ravel().tolist() for x in jax.tree.leaves(g)], "loss": m["meta_loss"]}}
 print(json.dumps(out))
@@ -226,9 +178,7 @@ def test_two_devices_give_the_one_device_estimate():
     out = {}
     with jax.numpy_dtype_promotion("standard"):
         for n in (1, 2):
-            g, _, m = es.estimate(
-                theta, (), jax.random.PRNGKey(3), QUADRATIC, estimators.default_mesh(4, jax.devices()[:n])
-            )
+            g, _, m = es.estimate(theta, (), jax.random.PRNGKey(3), QUADRATIC, default_mesh(4, jax.devices()[:n]))
             out[n] = g, m
     assert out[1][1]["meta_loss"] == pytest.approx(out[2][1]["meta_loss"], rel=1e-5)
     for a, b in zip(jax.tree.leaves(out[1][0]), jax.tree.leaves(out[2][0])):

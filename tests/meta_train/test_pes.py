@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from meta_train import checkpointing, configs, estimators, train
-from meta_train.pes import TruncatedPES, sample_length
+from meta_train import checkpointing, configs, data_feed, train
+from meta_train.es import perturbation, sample_length
+from meta_train.pes import InnerRuns, PESState, TruncatedPES
+from meta_train.sharding import default_mesh
 from tasks.families.quadratic import Quadratic
 from tests.meta_train.helpers import QUADRATIC, SGD, TINY_PES_OVERRIDES, TINY_PES_RUN, SometimesNaN, cli, run_cluster
 from velojax.checkpoint import load_weights
@@ -58,11 +60,11 @@ def test_one_whole_episode_is_antithetic_es_of_the_average_loss():
     grad, state1, metrics = pes.estimate(THETA, state0, key, QUADRATIC)
 
     k_pert, k_data, _ = jax.random.split(key, 3)  # (the estimator's key use)
-    rngs = estimators.pair_rngs(k_data, pes.num_pairs)
-    batches = [estimators._stacked(QUADRATIC, rngs, "train", pes.chunk) for _ in range(2)]
+    rngs = data_feed.pair_rngs(k_data, pes.num_pairs)
+    batches = [data_feed.stacked(QUADRATIC, rngs, "train", pes.chunk) for _ in range(2)]
     total, losses = np.zeros(2), []
     for i, k in enumerate(jax.random.split(k_pert, pes.num_pairs)):
-        eps = estimators.perturbation(THETA, k, pes.std)
+        eps = perturbation(THETA, k, pes.std)
         params, cfg = jax.tree.map(lambda x, i=i: x[i, 0], state0.params), jax.tree.map(lambda x, i=i: x[i], state0.cfg)
         steps = jax.tree.map(lambda *b, i=i: np.concatenate([x[i] for x in b]), *batches)
         pos, neg = (np.asarray(_side_losses(THETA, eps, s, params, cfg, steps)) for s in (1.0, -1.0))
@@ -77,7 +79,9 @@ def test_one_whole_episode_is_antithetic_es_of_the_average_loss():
 
 def _spec_gradient(traces, accumulator, eps, std, reference):
     """ĝ of spec §7.3 from the per-step traces, written out per pair with numpy."""
-    losses, mask, done = (np.concatenate([np.asarray(t[j]) for t in traces], axis=-1) for j in range(3))
+    losses, mask, done = (
+        np.concatenate([np.asarray(getattr(t, f)) for t in traces], axis=-1) for f in ("losses", "mask", "done")
+    )
     total = 0.0
     for i in range(losses.shape[0]):
         delta = np.where(mask[i], losses[i, 0] - losses[i, 1], 0.0)
@@ -97,13 +101,13 @@ def test_accumulator_and_gradient_across_truncations(reference):
     5 ends at step 0, resets at step 1 (A = ε₅). Each ĝ is the spec formula on the
     call's traces; with donate=False the input state stays usable and gives the same."""
     pes = dataclasses.replace(PES, reference_attribution=reference)
-    mesh = estimators.default_mesh(pes.num_pairs)
+    mesh = default_mesh(pes.num_pairs)
     state = pes.init(THETA, jax.random.PRNGKey(3), QUADRATIC, mesh)
     eps_of = []
     for call in range(1, 6):
         key = jax.random.PRNGKey(100 + call)
         _, traces, pert_keys = pes._unroll(THETA, _copy(state), key, QUADRATIC, mesh)
-        eps = np.stack([_vec(estimators.perturbation(THETA, k, pes.std)) for k in np.asarray(pert_keys)])
+        eps = np.stack([_vec(perturbation(THETA, k, pes.std)) for k in np.asarray(pert_keys)])
         eps_of.append(eps)
         before = np.stack([_vec(a) for a in zip(*[np.asarray(x) for x in jax.tree.leaves(state.accumulator)])])
         grad, new_state, metrics = pes.estimate(THETA, state, key, QUADRATIC, mesh)
@@ -187,7 +191,7 @@ def test_two_devices_give_the_one_device_estimates():
     assert jax.device_count() == 2  # tests/conftest.py
     results = {}
     for n in (1, 2):
-        mesh = estimators.default_mesh(PES.num_pairs, jax.devices()[:n])
+        mesh = default_mesh(PES.num_pairs, jax.devices()[:n])
         state = PES.init(THETA, jax.random.PRNGKey(11), QUADRATIC, mesh)
         out = []
         for call in range(5):  # through episode ends and resets
@@ -211,6 +215,22 @@ def test_episode_lengths_are_log_uniform_and_offsets_spread_phases():
     state = pes.init(THETA, jax.random.PRNGKey(0), QUADRATIC)
     first = np.asarray(state.length)  # first episodes cut at random points: some below min_length
     assert first.min() >= 1 and first.max() <= 40 and first.min() < 10 and len(set(first.tolist())) > 4
+
+
+def test_state_keeps_its_checkpoint_layout():
+    """Checkpoints (orbax) hold PESStates and are restored into a fresh state's structure,
+    so its fields, their order and its leaves stay as they were; the unroll's carry
+    (`InnerRuns`) is the state without its accumulator, taken and put back by name."""
+    assert PESState._fields == ("cfg", "params", "model_state", "opt", "step", "length", "done", "accumulator")
+    assert InnerRuns._fields == PESState._fields[:-1]
+    state = PES.init(THETA, jax.random.PRNGKey(0), QUADRATIC)
+    inner = state.inner()
+    assert isinstance(inner, InnerRuns) and all(getattr(inner, f) is getattr(state, f) for f in InnerRuns._fields)
+    again = PESState.of(inner, state.accumulator)
+    assert isinstance(again, PESState) and jax.tree.structure(again) == jax.tree.structure(state)
+    assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state)))
+    _, after, _ = PES.estimate(THETA, state, jax.random.PRNGKey(1), QUADRATIC)
+    assert type(after) is PESState and jax.tree.structure(after) == jax.tree.structure(state)
 
 
 @pytest.mark.parametrize(
