@@ -59,21 +59,22 @@ class Materialised:
 def unroll_only_rate(es, theta, family, repeats: int) -> float:
     """Inner steps/s of `es`'s rollouts alone (its chunk calls, host batches included;
     no init, recompute or gradient), the median of `repeats` after one to compile."""
+    from meta_train import data_feed, sharding
     from meta_train import estimators as E
 
-    length, mesh = es.max_length, E.default_mesh(es.num_pairs)
+    length, mesh = es.max_length, sharding.default_mesh(es.num_pairs)
     programs = E._programs(es, family, mesh, True)
     task_keys, pert_keys = (jax.random.split(jax.random.PRNGKey(k), es.num_pairs) for k in (1, 2))
-    rngs = E.pair_rngs(jax.random.PRNGKey(3), es.num_pairs)
+    rngs = data_feed.pair_rngs(jax.random.PRNGKey(3), es.num_pairs)
     times = []
     for _ in range(repeats + 1):
         cfgs, carry = programs.init(theta, task_keys, pert_keys, length)
         jax.block_until_ready(carry)
         t = time.perf_counter()
         for start in range(0, length, es.chunk):
-            batches = E._stacked(family, rngs, "train", es.chunk)
+            batches = data_feed.stacked(family, rngs, "train", es.chunk)
             carry, _ = programs.chunk(
-                theta, pert_keys, cfgs, carry, batches, E._step_keys(pert_keys[0], es.num_pairs, start, es.chunk)
+                theta, pert_keys, cfgs, carry, batches, data_feed.step_keys(pert_keys[0], es.num_pairs, start, es.chunk)
             )
         jax.block_until_ready(carry)
         times.append(time.perf_counter() - t)

@@ -44,9 +44,8 @@ from meta_train.learned_optimizer import VeLONetwork
 from meta_train.sharding import AXIS, default_mesh, place, sharded_program, to_host
 from tasks.base import TaskFamily
 
-# This module's names and those of the modules split out of it, which train.py and
-# benchmarks/meta_train_throughput.py import from here; `_stacked`, `_step_keys` and
-# `_pair_keys` are the old private names of data_feed's functions, kept for the benchmark.
+# This module's names and, for code written before the split, those of the modules split
+# out of it (sharding, es, data_feed).
 __all__ = [
     "AXIS",
     "LOSS_TYPES",
@@ -64,7 +63,6 @@ __all__ = [
     "sharded_program",
     "to_host",
 ]
-_stacked, _step_keys, _pair_keys = data_feed.stacked, data_feed.step_keys, data_feed.pair_keys
 
 PyTree = Any
 LOSS_TYPES = ("last_recompute", "avg", "last")

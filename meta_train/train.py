@@ -32,8 +32,8 @@ import tasks
 from meta_train import checkpointing, estimators
 from meta_train import pes as pes_lib
 from meta_train.config import MetaTrainConfig, Phase
-from meta_train.estimators import to_host
 from meta_train.learned_optimizer import VeLONetwork
+from meta_train.sharding import default_mesh, place, to_host
 from meta_train.tensorboard_log import HELD_OUT_TAG, VALIDATION_TAG, ScalarLog
 from meta_train.workdir import best_validation, prune_step_thetas, save_step_theta, step_theta_path
 from tasks import phases as task_phases
@@ -238,7 +238,7 @@ def validate(config: MetaTrainConfig, theta: PyTree) -> dict[str, float]:
     perturbation) over `validation_seeds` seeds} for every `config.validation` entry. The
     same task seeds and data at every call, so values at different steps compare. The
     seeds are spread over as many devices as divide their number."""
-    base, mesh = full_es(config, config.phases[0]), estimators.default_mesh(config.validation_seeds)
+    base, mesh = full_es(config, config.phases[0]), default_mesh(config.validation_seeds)
     out = {}
     for i, (name, length) in enumerate(config.validation):
         es = dataclasses.replace(
@@ -316,10 +316,10 @@ def train(
                                  f"devices of the {jax.process_count()} processes")  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
     _check_config(config, workdir, write=lead)
-    mesh = estimators.default_mesh(config.num_pairs)
+    mesh = default_mesh(config.num_pairs)
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     fresh = init_state(config, init_theta)
-    fresh = TrainState(estimators.place(dict(fresh), NamedSharding(mesh, P())), step=fresh["step"])
+    fresh = TrainState(place(dict(fresh), NamedSharding(mesh, P())), step=fresh["step"])
     template, latest = fresh, ckpt.latest_step()
     if config.estimator == "pes" and latest:  # the PES states of the families of step latest - 1
         template = TrainState(fresh, pes=init_estimator_states(config, latest - 1, fresh["theta"], mesh))

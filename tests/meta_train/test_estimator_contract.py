@@ -87,5 +87,3 @@ def test_names_split_out_of_estimators_are_still_importable_from_it():
     ):
         for name in names:
             assert getattr(estimators, name) is getattr(module, name), name
-    assert estimators._stacked is data_feed.stacked and estimators._step_keys is data_feed.step_keys
-    assert estimators._pair_keys is data_feed.pair_keys
