@@ -20,6 +20,7 @@ from typing import Any
 
 from meta_train.config import MetaTrainConfig
 from meta_train.workdir import best_validation
+from tasks import cost
 from velojax.checkpoint import load_weights, save_weights
 from velojax.files import write_atomic
 from velojax.shipped import sha256_of, weights_dir
@@ -34,15 +35,7 @@ def _commit() -> str | None:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:  # the model name says more than "x86_64"
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPU cores, {cpu}, {platform.system()} {platform.release()}"
+    return f"{os.cpu_count()} CPU cores, {cost.cpu_model()}, {platform.system()} {platform.release()}"
 
 
 def build_manifest(

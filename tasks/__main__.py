@@ -62,7 +62,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser(
-        "sample", help="sample tasks from a VeLO meta-training phase", formatter_class=cli_common.HelpFormatter
+        "sample",
+        help="sample tasks from a VeLO meta-training phase",
+        formatter_class=cli_common.HelpFormatter,
+        description="Draw tasks as a VeLO meta-training phase does (family, size under the phase's time budget, "
+        "augmentations) and print one line each: budget, estimated seconds per step, parameters, family, "
+        "augmentations, name. No data is read unless --calibrate.",
+        epilog="examples:\n  python -m tasks sample --phase 1 -n 20\n"
+        "  python -m tasks sample --phase 2 -n 5 --offline\n  python -m tasks sample -n 10 --calibrate --seed 3",
     )
     s.add_argument("--phase", type=int, default=1, choices=(1, 2), help="curriculum phase (its budgets and families)")
     s.add_argument("-n", type=int, default=20, help="how many tasks")

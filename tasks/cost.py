@@ -171,9 +171,22 @@ def fit(families: Sequence[TaskFamily], seconds: Sequence[float], num_tasks: int
     )
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else the platform's processor or machine type."""
+    try:  # the model name says more than "x86_64"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_id() -> str:
-    parts = (platform.node(), platform.processor() or platform.machine(), f"{os.cpu_count()}cpu")
-    return "|".join(parts + (f"jax{jax.__version__}", jax.devices()[0].device_kind))
+    """What a step time depends on: CPU model and count, jax version, device kind. Not the
+    host name: machines of one kind (CI runners, a cluster's nodes) share a calibration."""
+    parts = (cpu_model(), f"{os.cpu_count()}cpu", f"jax{jax.__version__}", jax.devices()[0].device_kind)
+    return "|".join(parts)
 
 
 def cache_path() -> Path:

@@ -52,3 +52,11 @@ def test_an_offline_run_prints_no_warning(argv, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "WARNING" not in done.stderr and "Warning" not in done.stderr, done.stderr[-2000:]
     assert len(done.stdout.splitlines()) >= 20
+
+
+def test_tasks_sample_help_describes_every_flag_with_examples():
+    done = _run("tasks", "sample", "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "curriculum phase" in text and "how many tasks (default: 20)" in text and "the draws are a function" in text
+    assert "examples:" in text and text.count("python -m tasks sample") >= 4

@@ -184,3 +184,15 @@ def test_collect_ignores_torn_and_foreign_files(tmp_path, fake_training, monkeyp
     monkeypatch.setattr(runner, "train_curves", lambda *a, **k: pytest.fail("reran a finished task"))
     assert cli.main(_argv(out, MLP)) == 0  # the torn file is not read
     assert json.loads((out / "summary.json").read_text())["families"]["adam"]["all"]["n"] == 1
+
+
+def test_plots_of_no_finished_run_make_no_warning(tmp_path):
+    """A report before any run finished (all skipped) drew an empty legend: matplotlib warned."""
+    import warnings
+
+    skipped = {"adam": {"T": {"status": "skipped", "reason": "no data"}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report.plot_speedups(skipped, tmp_path / "s.png", "t")
+        report.plot_curves("T", skipped, None, tmp_path / "c.png")
+    assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "c.png").stat().st_size > 0

@@ -142,3 +142,17 @@ def test_task_view_binds_the_inner_config():
         loss, _ = task.loss(params, state, key, batch)
         assert np.isfinite(float(task.normalizer(loss)))
     assert dataclasses.replace(family, label="x").name == "x"
+
+
+def test_calibration_is_cached_per_machine_kind_not_per_host_name(monkeypatch):
+    families = [ImageMLP("synthetic_shapes", (h,), batch_size=8, image_size=4) for h in (4, 8, 16, 32)]
+    timed = []
+    monkeypatch.setattr(cost, "measure_step_seconds", lambda f, n: timed.append(f.name) or 1e-5 * len(f.name))
+    monkeypatch.setattr(cost.platform, "node", lambda: "runner-1")
+    first = cost.calibrate(families)
+    assert len(timed) == 4
+    monkeypatch.setattr(cost.platform, "node", lambda: "runner-2")  # another host of the same kind
+    assert cost.calibrate(families) == first and len(timed) == 4
+    monkeypatch.setattr(cost, "cpu_model", lambda: "another CPU")
+    cost.calibrate(families)
+    assert len(timed) == 8
