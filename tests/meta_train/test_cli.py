@@ -1,6 +1,7 @@
 """`python -m meta_train export` through its command line: the θ written, the line it prints,
 one-line errors (exit 2) and its help."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -48,39 +49,43 @@ def test_export_of_a_step_writes_that_steps_theta_and_says_so(run, tmp_path):
     _assert_equal(load_weights(out), load_weights(workdir.step_theta_path(run, 60)))  # the θ file, not orbax's
 
 
-def test_export_without_a_step_takes_evals_choice_into_a_directory(run, tmp_path):
-    done = _export("--workdir", str(run), "--to", f"{tmp_path}/new/")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "the best θ by validation (step 60, val_meta_loss 0.9569)" in done.stdout
-    assert done.stdout.strip().endswith(f"to {tmp_path}/new/params")
+def test_export_without_a_step_takes_evals_choice_into_a_directory(run, tmp_path, capsys):
+    assert meta_train_main(["export", "--workdir", str(run), "--to", f"{tmp_path}/new/"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "the best θ by validation (step 60, val_meta_loss 0.9569)" in out
+    assert out.strip().endswith(f"to {tmp_path}/new/params")
     _assert_equal(load_weights(tmp_path / "new"), load_weights(run / "best_theta"))
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path):
+    done = _export("--workdir", str(tmp_path / "nope"), "--to", str(tmp_path / "w"))
+    assert done.returncode == 2 and done.stdout == ""
+    assert (
+        done.stderr
+        == f"python -m meta_train export: error: {tmp_path / 'nope'} is not a meta_train workdir (no config.json)\n"
+    )
 
 
 @pytest.mark.parametrize(
     "case, message",
-    [
-        ("no workdir", "is not a meta_train workdir (no config.json)"),
-        ("no step", "no θ of step 7 (kept: [60])"),
-        ("parent is a file", "cannot write"),
-    ],
+    [("no step", "no θ of step 7 (kept: [60])"), ("parent is a file", "cannot write")],
 )
-def test_errors_are_one_line_and_exit_2(run, tmp_path, case, message):
+def test_other_errors_name_the_problem(run, tmp_path, case, message):
+    """(In-process: the one-line, exit-2 printing is the subprocess test's above.)"""
     args = {
-        "no workdir": ["--workdir", str(tmp_path / "nope"), "--to", str(tmp_path / "w")],
         "no step": ["--workdir", str(run), "--step", "7", "--to", str(tmp_path / "w")],
         "parent is a file": ["--workdir", str(run), "--to", str(run / "config.json" / "w")],
     }[case]
-    done = _export(*args)
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.startswith("python -m meta_train export: error: ") and message in done.stderr
-    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    with pytest.raises((ValueError, FileNotFoundError), match=re.escape(message)):
+        meta_train_main(["export", *args])
 
 
 def test_help_has_a_description_and_examples(capsys):
-    done = _export("--help")
-    assert done.returncode == 0
-    assert "best by\nvalidation" in done.stdout and "examples:\n  python -m meta_train export --workdir" in done.stdout
-    assert "--step S" in done.stdout and "--to PATH" in done.stdout
+    with pytest.raises(SystemExit):
+        meta_train_main(["export", "--help"])
+    text = capsys.readouterr().out
+    assert "best by\nvalidation" in text and "examples:\n  python -m meta_train export --workdir" in text
+    assert "--step S" in text and "--to PATH" in text
     with pytest.raises(SystemExit):  # the training command's help points to it
         meta_train_main(["--help"])
     assert "python -m meta_train export --workdir runs/tiny" in capsys.readouterr().out
