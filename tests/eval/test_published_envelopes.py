@@ -6,20 +6,17 @@ built exactly as the reference builds its own (EMA 0.95 per 10 steps, minimum ov
 rates, non-increasing), must reach its loss at step T within [0.75, 1.33] x T steps of the
 published one. Measured (docs/eval.md): 0.9-1.1 at these lengths. With optax's plain Adam
 (eps_root 0) the autoencoder is at 1.49 at 1,500 steps, and fails. The envelopes are
-copied from the reference's `speedup_over_adam` file (data/, 12 KB). The full-length check,
+the reference's, shipped in `eval/published`. The full-length check,
 on every task with data, is `benchmarks/adam_vs_published.py`.
 """
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tasks
 from eval import baselines, envelope
+from eval.published import ADAM_ENVELOPES
 from tasks.data import DatasetUnavailable
-
-PUBLISHED = Path(__file__).parent / "data" / "published_fashion_mnist_envelopes.npz"
 
 CASES = {  # task: (steps, learning rates, seeds)
     "ImageMLP_FashionMnist8_Relu32": (1000, (1e-2, 3e-2), 2),
@@ -38,6 +35,6 @@ def test_tuned_reference_adam_follows_the_published_envelope(task):
         pytest.skip(str(e))
     settings = baselines.BaselineSettings(lrs=lrs, seeds=seeds, steps=steps, ema_fraction=10 / steps)
     ours = baselines.compute(task, family, settings).envelope
-    published = baselines.load_reference(PUBLISHED)[task].envelope
+    published = baselines.load_reference(ADAM_ENVELOPES)[task].envelope
     ratio = float(envelope.steps_to_reach(published, ours.loss[-1])) / steps
     assert 0.75 <= ratio <= 1.33, f"{task}: the published envelope takes {ratio:.2f}x our {steps} steps"
