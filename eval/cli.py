@@ -162,7 +162,7 @@ def evaluate(args, notes: list[str] | None = None, extra_specs: tuple = ()) -> P
     present = [e for e in suite if any(e.task in res for res in results.values())]
     used = {}
     for e in present:
-        with contextlib.suppress(Exception):  # the report draws what exists
+        with contextlib.suppress(OSError, ValueError, KeyError):  # a missing or torn baseline: drawn without
             if e.task in reference or store.path(e.task, e.steps).is_file():
                 used[e.task] = reference.get(e.task) or baselines_lib.Baseline.load(store.path(e.task, e.steps))
     notes = list(notes or []) + [
