@@ -47,7 +47,8 @@ def test_tasks_calibration_without_the_dataset(tmp_path):
 
 @pytest.mark.parametrize("argv", [("tasks", "sample", "--phase", "1", "-n", "20")])
 def test_an_offline_run_prints_no_warning(argv, tmp_path):
-    """Probing tfds datasets that are not prepared logged absl's 'no dataset_info.json'."""
+    """A plain offline run prints rows and nothing on stderr that warns (the tfds probe itself:
+    tests/tasks/test_data.py)."""
     done = _run(*argv, TFDS_DATA_DIR=str(tmp_path / "tfds"), VELOJAX_CACHE_DIR=str(tmp_path / "cache"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "WARNING" not in done.stderr and "Warning" not in done.stderr, done.stderr[-2000:]

@@ -1,6 +1,7 @@
 """Datasets: offline sources load real data; absent datasets fail fast with a clear message;
 tfds-backed loaders work without TensorFlow (on mock data)."""
 
+import logging
 import sys
 import time
 
@@ -104,3 +105,13 @@ def test_static_info_matches_the_data():
         assert ds.image_shape == shape and ds.num_classes == classes
     for name in ("pystdlib_bytes", "pystdlib_words"):
         assert data.load(name).vocab_size == data.INFO[name][1]
+
+
+def test_probing_an_unprepared_tfds_dataset_logs_no_warning(tmp_path, caplog):
+    """tfds logged absl's 'Variant folder ... has no dataset_info.json' for the folder it was
+    looking for, before failing: noise in every offline run."""
+    from tasks.data import tfds_source
+
+    with caplog.at_level(logging.WARNING), pytest.raises(data.DatasetUnavailable, match="is not prepared"):
+        tfds_source._source("mnist", "train", str(tmp_path), download=False)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
