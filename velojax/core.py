@@ -13,11 +13,14 @@ are stored stacked (a `TensorGroup` of at most `_CHUNK_ELEMENTS` elements) and u
 one vmapped computation, so the compiled program grows with the number of distinct small
 shapes rather than of leaves. Larger tensors form groups of their own: stacking their
 params and gradients would copy them every step (measured: +30-40% step time on a
-transformer-like tree, for 40% less compile time).
+transformer-like tree, for 40% less compile time). `LeafGrouping` holds that bookkeeping:
+leaves to per-group stacks and back, and per-group rows to the per-tensor rows (leaf
+order) that the LSTM reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -83,6 +86,55 @@ def group_layout(params: PyTree) -> tuple[tuple[int, ...], ...]:
     return tuple(sorted((tuple(run) for runs in chunks.values() for run in runs), key=lambda run: run[0]))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class LeafGrouping:
+    """Where each non-empty leaf of a params tree lives in the per-group stacked arrays.
+
+    Two row orders over the T non-empty leaves: group-major (the groups' leaves, group
+    after group, as stacked) and leaf order (`jax.tree.leaves` order, as the LSTM rows).
+    Build with `LeafGrouping.of(params)`; static (numpy), so it costs nothing under jit.
+    """
+
+    groups: tuple[tuple[int, ...], ...]  # `group_layout(params)`: leaf indices per group
+    num_leaves: int  # all leaves, zero-size ones included
+    to_leaf_order: np.ndarray  # [T] group-major row of each leaf-order row
+    leaf_row: np.ndarray  # [T] leaf-order row of each group-major row
+
+    @classmethod
+    def of(cls, params: PyTree) -> LeafGrouping:
+        groups = group_layout(params)
+        to_leaf_order = np.argsort(np.concatenate(groups)) if groups else np.zeros(0, np.int64)
+        return cls(groups, len(jax.tree.leaves(params)), to_leaf_order, np.argsort(to_leaf_order))
+
+    @property
+    def active(self) -> list[int]:
+        """Indices of the non-empty leaves, in leaf order (one LSTM row each)."""
+        return sorted(i for idx in self.groups for i in idx)
+
+    def stack(self, leaves: list[jax.Array]) -> list[jax.Array]:
+        """Per group, its leaves (of all `num_leaves`) stacked: [n, *S]."""
+        return [_stack([leaves[i] for i in idx]) for idx in self.groups]
+
+    def rows(self, k: int) -> np.ndarray:
+        """Leaf-order rows of group k's leaves, in the group's order: [n]."""
+        start = sum(len(idx) for idx in self.groups[:k])
+        return self.leaf_row[start : start + len(self.groups[k])]
+
+    def rows_in_leaf_order(self, per_group: list[PyTree]) -> PyTree:
+        """Per-group trees of rows (leading axis n) joined into one tree of rows in leaf order
+        (leading axis T)."""
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[self.to_leaf_order], *per_group)
+
+    def unstack(self, per_group: list[PyTree]) -> list[PyTree | None]:
+        """The inverse of `stack`: per leaf, its slice of its group's tree (leading axis n);
+        None for zero-size leaves."""
+        out: list[PyTree | None] = [None] * self.num_leaves
+        for idx, tree in zip(self.groups, per_group):
+            for j, i in enumerate(idx):
+                out[i] = jax.tree.map(lambda x, j=j: x[j], tree)
+        return out
+
+
 def velo_init(meta_params: dict, params: PyTree, num_steps: int | jax.Array, config: VeLOConfig = VELO) -> VeLOState:
     """Fresh state for `params` and a run of `num_steps` updates (may be traced)."""
     leaves = jax.tree.leaves(params)
@@ -121,35 +173,32 @@ def velo_update(
     and NaN gradient entries count as 0 (+-inf are clipped to +-1000 as usual).
     """
     all_p, treedef = jax.tree.flatten(params)
-    all_g = treedef.flatten_up_to(grads)
-    layout = group_layout(params)
+    grouping = LeafGrouping.of(params)
     buffer = loss_buffer_lib.update(state.loss_buffer, loss)
-    if not layout:
+    if not grouping.groups:
         return jax.tree.map(jnp.zeros_like, params), state._replace(iteration=state.iteration + 1, loss_buffer=buffer)
-    active = sorted(i for idx in layout for i in idx)  # non-empty leaves; one LSTM row each
-    to_leaf_order = np.argsort(np.concatenate(layout))  # group-major rows -> leaf order
-    leaf_row = np.argsort(to_leaf_order)  # group-major position -> row in leaf order
-
     token = _pass_tokens(state.iteration, 3)
-    new_groups, inputs, means, shifts, stat_mean_sq = [], [], [], [], []
-    for idx, group in zip(layout, state.groups):
-        p = _stack([all_p[i] for i in idx])
-        g = _stack([tu.clip_grad(all_g[i]) for i in idx])
-        # Accumulators first: every later pass reads the new ones, so they update in place.
+    ps = grouping.stack(all_p)
+    gs = grouping.stack([tu.clip_grad(g) for g in treedef.flatten_up_to(grads)])
+
+    # 1. The accumulators, per group. First: every later pass reads the new ones, so they update in place.
+    groups, stat_mean_sq = [], []
+    for g, group in zip(gs, state.groups):
         moments = _group_update_moments(g, group.moments, config)
         fac, msq = _group_update_factored(_scaled(g, token[0]), group.factored, config)
-        new_groups.append(TensorGroup(moments, fac))
-        inputs.append((p, g))
-        mean, shift = _group_moment_pass(*_scaled((p, g, moments, fac), token[1]))
-        means.append(mean), shifts.append(shift), stat_mean_sq.append(msq)
-    means, shifts, stat_mean_sq = (jnp.concatenate(x)[to_leaf_order] for x in (means, shifts, stat_mean_sq))
-    mean_p2, channel_mean_sq, moment_stats = tu.summarize(means, shifts, config)
+        groups.append(TensorGroup(moments, fac))
+        stat_mean_sq.append(msq)
+    # 2. One reduction pass per group for every whole-tensor statistic; rows to leaf order.
+    passes = [_group_moment_pass(*_scaled((p, g, *group), token[1])) for p, g, group in zip(ps, gs, groups)]
+    mean_p2, channel_mean_sq, moment_stats = tu.summarize(grouping.rows_in_leaf_order(passes))
+    stat_mean_sq = grouping.rows_in_leaf_order(stat_mean_sq)
 
+    # 3. Features and the LSTM, one row per tensor in leaf order: each tensor's MLP weights and step size.
     fraction_trained = state.iteration.astype(jnp.float32) / state.num_steps.astype(jnp.float32)
     x = velo_features.lstm_features(
         state.moment_stats,
         mean_p2,
-        velo_features.rank_one_hot([all_p[i].shape for i in active]),
+        velo_features.rank_one_hot([all_p[i].shape for i in grouping.active]),
         fraction_trained,
         loss_buffer_lib.features(buffer),
     )
@@ -159,25 +208,18 @@ def velo_update(
     weights = velo_network.mix_mlp_weights(meta_params["ff_mod_stack"]["~"], controls, config)
     mlps = tu.mlp_inputs(weights, channel_mean_sq, stat_mean_sq, config)
 
-    updates = [jnp.zeros_like(p) for p in all_p]
-    start = 0
-    for idx, group, (p, g) in zip(layout, new_groups, inputs):
-        tensor_rows = leaf_row[start : start + len(idx)]
-        start += len(idx)
-        group_mlp = jax.tree.map(lambda w, rows=tensor_rows: w[rows], mlps)
-        u = _group_tensor_step(
-            *_scaled((p, g, group.moments, group.factored), token[2]),
-            group_mlp,
-            lr_mult[tensor_rows],
-            mean_p2[tensor_rows],
-            config,
-        )
-        for j, i in enumerate(idx):
-            updates[i] = u[j]
+    # 4. The per-parameter MLP and step, per group, reading its tensors' rows; updates back to the leaves.
+    steps = []
+    for k, (p, g, group) in enumerate(zip(ps, gs, groups)):
+        rows = grouping.rows(k)
+        group_mlp = jax.tree.map(lambda w, rows=rows: w[rows], mlps)
+        scaled = _scaled((p, g, *group), token[2])
+        steps.append(_group_tensor_step(*scaled, group_mlp, lr_mult[rows], mean_p2[rows], config))
+    updates = [jnp.zeros_like(p) if u is None else u for p, u in zip(all_p, grouping.unstack(steps))]
     new_state = VeLOState(
         iteration=state.iteration + 1,
         num_steps=state.num_steps,
-        groups=tuple(new_groups),
+        groups=tuple(groups),
         lstm=lstm,
         loss_buffer=buffer,
         moment_stats=moment_stats,
@@ -196,15 +238,15 @@ _group_tensor_step = jax.jit(jax.vmap(tu.tensor_step, in_axes=(0,) * 7 + (None,)
 def leaf_accumulators(state: VeLOState, params: PyTree) -> dict[str, PyTree]:
     """Per-leaf views of the accumulators: {"mu": tree of K_m-tuples [*S], "nu": tree
     [*S], "factored": tree of tuples} (zero-size leaves map to None)."""
-    leaves, treedef = jax.tree.flatten(params)
-    out = {name: [None] * len(leaves) for name in ("mu", "nu", "factored")}
-    for idx, group in zip(group_layout(params), state.groups):
-        k = group.moments.shape[1] - 1
-        for j, i in enumerate(idx):
-            out["mu"][i] = tuple(group.moments[j, c] for c in range(k))
-            out["nu"][i] = group.moments[j, k]
-            out["factored"][i] = tuple(x[j] for x in group.factored)
-    return {name: jax.tree.unflatten(treedef, values) for name, values in out.items()}
+    treedef = jax.tree.structure(params)
+    accs = LeafGrouping.of(params).unstack(list(state.groups))  # TensorGroups without the n axis
+    k = state.groups[0].moments.shape[1] - 1 if state.groups else 0
+    views = {
+        "mu": [None if a is None else tuple(a.moments[c] for c in range(k)) for a in accs],
+        "nu": [None if a is None else a.moments[k] for a in accs],
+        "factored": [None if a is None else a.factored for a in accs],
+    }
+    return {name: jax.tree.unflatten(treedef, values) for name, values in views.items()}
 
 
 def _stack(xs: list[jax.Array]) -> jax.Array:

@@ -35,8 +35,8 @@ from velojax.velo_network import MLPWeights
 _F32 = jnp.float32
 GRAD_CLIP = 1000.0
 
-# Per-element channel groups, in the order `first_pass` + `factored_pass` report their
-# mean squares (the fac_row/col groups and their rsqrt are not per element).
+# Per-element channel groups, in the order `summarize` reports their mean squares (the
+# fac_row/col groups and their rsqrt are not per element).
 ELEMENT_GROUPS = ("g", "clipped_g", "p", "m", "rms", "m_rsqrt_rms", "rsqrt_rms", "g_rsqrt_rms", "fac_g", "fac_m")
 _STAT_GROUPS = (("fac_row", "rsqrt_fac_row"), ("fac_col", "rsqrt_fac_col"))
 
@@ -185,15 +185,31 @@ def _means(xs: list[jax.Array]) -> jax.Array:
     return jnp.sum(jnp.stack(totals), axis=1) / xs[0].size  # one small reduction for all
 
 
-def moment_pass(p, g, moments, fac) -> tuple[jax.Array, jax.Array]:
-    """The one reduction pass over a tensor's elements (p, clipped g, *new* moments and
-    factored moments).
+class MomentPass(NamedTuple):
+    """Whole-tensor means from `moment_pass`, with r = rsqrt(rms + 1e-6); shapes are per tensor
+    (a leading axis is added when vmapped or gathered over tensors).
 
-    Returns (means, shifts): means [7 + 5 K_m] of p^2, g^2, clip(g)^2, (m_k r)^2, r^2,
-    (g r)^2, fac_g_k^2, fac_m_k^2 with r = rsqrt(rms + 1e-6), then d, d^2 for d = m_k -
-    shift_k and for d = rms - shift_rms; shifts [K_m + 1] are the first elements of m_k and
-    rms (shifted sums give variances without cancellation). Decoded by `summarize`.
+    The statistics of x in (m_1 .. m_K_m, rms) come as shifted sums: `shift` is x's first
+    element, `mean_d` and `mean_d2` are mean(d) and mean(d^2) for d = x - shift, which give
+    variances without cancellation.
     """
+
+    p2: jax.Array  # [] mean p^2
+    g2: jax.Array  # [] mean g^2
+    clipped_g2: jax.Array  # [] mean clip(g, +-0.1)^2
+    m_r2: jax.Array  # [K_m] mean (m_k r)^2
+    r2: jax.Array  # [] mean r^2
+    g_r2: jax.Array  # [] mean (g r)^2
+    fac_g2: jax.Array  # [K_f] mean fac_g_k^2
+    fac_m2: jax.Array  # [K_m] mean fac_m_k^2
+    shift: jax.Array  # [K_m + 1]
+    mean_d: jax.Array  # [K_m + 1]
+    mean_d2: jax.Array  # [K_m + 1]
+
+
+def moment_pass(p, g, moments, fac) -> MomentPass:
+    """The one reduction pass over a tensor's elements (p, clipped g, *new* moments and
+    factored moments): every mean of `MomentPass` from a single variadic reduction."""
     scalar = g.ndim == 0
     p32, g = _as_vector(p).astype(_F32), _as_vector(g)
     m, rms = _split_moments(moments)
@@ -201,21 +217,32 @@ def moment_pass(p, g, moments, fac) -> tuple[jax.Array, jax.Array]:
     r = jax.lax.rsqrt(rms + 1e-6)
     shifts = jnp.stack([x.reshape(-1)[0] for x in m + [rms]])
     d = [x - c for x, c in zip(m + [rms], shifts)]
-    squares = [p32, g, jnp.clip(g, -0.1, 0.1)] + [m_k * r for m_k in m] + [r, g * r]
-    squares += [g * q for q in views.mult_g] + [m_k * q for m_k, q in zip(m, views.mult_m)]
-    return _means([jnp.square(x) for x in squares] + [y for x in d for y in (x, jnp.square(x))]), shifts
+    # The arrays whose mean squares each field holds (a list gives one mean per entry).
+    squared = {
+        "p2": p32,
+        "g2": g,
+        "clipped_g2": jnp.clip(g, -0.1, 0.1),
+        "m_r2": [m_k * r for m_k in m],
+        "r2": r,
+        "g_r2": g * r,
+        "fac_g2": [g * q for q in views.mult_g],
+        "fac_m2": [m_k * q for m_k, q in zip(m, views.mult_m)],
+    }
+    xs = [x for v in squared.values() for x in (v if isinstance(v, list) else [v])]
+    means = _means([jnp.square(x) for x in xs] + [y for x in d for y in (x, jnp.square(x))])
+    fields, i = {}, 0
+    for name, v in squared.items():
+        fields[name] = means[i : i + len(v)] if isinstance(v, list) else means[i]
+        i += len(v) if isinstance(v, list) else 1
+    return MomentPass(**fields, shift=shifts, mean_d=means[i::2], mean_d2=means[i + 1 :: 2])
 
 
-def summarize(means: jax.Array, shifts: jax.Array, config: VeLOConfig):
-    """Decode `moment_pass` of T tensors (means [T, 7 + 5 K_m], shifts [T, K_m + 1]) into
-    (mean_p2 [T], channel mean squares [T, C_elem] in ELEMENT_GROUPS order, MomentStats of
-    the new accumulators)."""
-    k = config.num_momentum
-    mean_p2, mean_g2, mean_clip2 = means[:, 0], means[:, 1], means[:, 2]
-    m_r2, r2, g_r2 = means[:, 3 : 3 + k], means[:, 3 + k], means[:, 4 + k]
-    fac = means[:, 5 + k : 5 + 3 * k]
-    shifted = means[:, 5 + 3 * k :].reshape(means.shape[0], k + 1, 2)  # (mean d, mean d^2) per m_k, rms
-    mean_d, mean_d2 = shifted[..., 0], shifted[..., 1]
+def summarize(moments: MomentPass):
+    """`moment_pass` results of T tensors (fields with a leading T axis) as (mean_p2 [T],
+    channel mean squares [T, C_elem] in ELEMENT_GROUPS order, MomentStats of the new
+    accumulators)."""
+    k = moments.m_r2.shape[1]
+    shifts, mean_d, mean_d2 = moments.shift, moments.mean_d, moments.mean_d2
     mean_x = shifts + mean_d
     mean_x2 = mean_d2 + 2.0 * shifts * mean_d + jnp.square(shifts)  # E[x^2] from the shifted sums
     mean_m = mean_x[:, :k]
@@ -226,9 +253,9 @@ def summarize(means: jax.Array, shifts: jax.Array, config: VeLOConfig):
         mean_rms=mean_x[:, k],
         var_rms=jnp.maximum(mean_d2[:, k:] - 2.0 * offset * mean_d[:, k:] + jnp.square(offset), 0.0),
     )
-    channels = [mean_g2[:, None], mean_clip2[:, None], mean_p2[:, None], mean_x2[:, :k], mean_x2[:, k:]]
-    channels += [m_r2, r2[:, None], g_r2[:, None], fac]
-    return mean_p2, jnp.concatenate(channels, axis=1), stats
+    channels = [moments.g2[:, None], moments.clipped_g2[:, None], moments.p2[:, None], mean_x2[:, :k], mean_x2[:, k:]]
+    channels += [moments.m_r2, moments.r2[:, None], moments.g_r2[:, None], moments.fac_g2, moments.fac_m2]
+    return moments.p2, jnp.concatenate(channels, axis=1), stats
 
 
 # ---------------------------------------------------------------- the per-parameter MLP
