@@ -27,7 +27,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+
+from tasks.key_streams import stream, streams
 
 PyTree = Any
 
@@ -166,23 +167,15 @@ def train_scan(family: TaskFamily, optimizer, key: jax.Array, batches: PyTree, c
     """Train one task of `family` with an optax optimizer over stacked `batches` ([steps, ...])
     in one `lax.scan` (jit it). Returns (final params, final model state, losses [steps]).
     The model state matters for evaluation: BatchNorm statistics, delayed-gradient buffers.
-    `value=` is passed to the optimizer when `with_loss_value` (VeLO needs it; plain optax
-    ignores it)."""
-    init_key, loss_key = jax.random.split(key)
-    cfg = family.sample(init_key) if cfg is None else cfg
-    params, state = family.init(init_key, cfg)
-    opt_state = optimizer.init(params)
+    The task (its cfg unless given, and its weights) comes from `rollout.instantiate` under
+    stream "task" of `key`, step i's loss key from stream ("train_loss", i) (see
+    `tasks.key_streams`). `value=` is passed to the optimizer when `with_loss_value` (VeLO
+    needs it; plain optax ignores it)."""
+    from tasks import rollout  # lazy: tasks.rollout imports this module
+
+    cfg, params, state = rollout.instantiate(family, stream(key, "task"), cfg)
+    stepper = rollout.OptaxStepper(optimizer, pass_loss=with_loss_value)
     steps = jax.tree.leaves(batches)[0].shape[0]
-
-    def step(carry, xs):
-        params, state, opt_state = carry
-        batch, k = xs
-        (loss, state), grads = family.loss_and_grad(params, state, k, batch, cfg)
-        extra = {"value": loss} if with_loss_value else {}
-        updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
-        return (optax.apply_updates(params, updates), state, opt_state), loss
-
-    (params, state, _), losses = jax.lax.scan(
-        step, (params, state, opt_state), (batches, jax.random.split(loss_key, steps))
-    )
-    return params, state, losses
+    run = rollout.start(stepper, params, state, steps)
+    run, losses = rollout.train(family, stepper, cfg, run, batches, streams(key, "train_loss", jnp.arange(steps)))
+    return run.params, run.model_state, losses

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -30,9 +31,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
+from tasks import rollout
 from tasks.base import TaskFamily
+from tasks.key_streams import root, streams
 from velojax.files import cache_dir, write_atomic
 
 
@@ -117,30 +122,35 @@ def measure_step_seconds(
     family: TaskFamily, num_tasks: int = 8, steps: int = 10, repeats: int = 3, seed: int = 0
 ) -> float:
     """Wall seconds per inner step of `num_tasks` vmapped tasks trained with SGD over a
-    jitted `steps`-step unroll (best of `repeats`, after a warm-up; batches pre-sampled)."""
+    jitted `steps`-step unroll (best of `repeats`, after a warm-up; batches and keys
+    pre-sampled). Task i is `rollout.instantiate`d from stream ("task", i) of `root(seed)`,
+    its step t's loss key is its stream ("train_loss", t)."""
     rng = np.random.default_rng(seed)
-    keys = jax.random.split(jax.random.PRNGKey(seed), num_tasks)
-    cfgs = jax.vmap(family.sample)(keys)
-    params, state = jax.jit(jax.vmap(family.init))(keys, cfgs)
+    stepper = rollout.OptaxStepper(optax.sgd(1e-3), pass_loss=False)
+    task_keys = streams(root(seed), "task", jnp.arange(num_tasks))
+
+    def begin(key):
+        cfg, params, state = rollout.instantiate(family, key)
+        return cfg, rollout.start(stepper, params, state, steps)
+
+    cfgs, runs = jax.jit(jax.vmap(begin))(task_keys)
+    # [steps, num_tasks], as the batches
+    loss_keys = jax.vmap(lambda k: streams(k, "train_loss", jnp.arange(steps)), out_axes=1)(task_keys)
     batches = jax.tree.map(
         lambda *xs: np.stack(xs).reshape((steps, num_tasks) + xs[0].shape),
         *[family.get_batch(rng, "train") for _ in range(steps * num_tasks)],
     )
 
-    def unroll(params, state, batches):
-        def step(carry, batch):
-            p, s = carry
-            (loss, s), g = jax.vmap(family.loss_and_grad)(p, s, keys, batch, cfgs)
-            return (jax.tree.map(lambda x, d: x - 1e-3 * d.astype(x.dtype), p, g), s), loss
-
-        return jax.lax.scan(step, (params, state), batches)
+    def unroll(cfgs, runs, batches, keys):  # the tasks' scans over steps, vmapped: one scan of vmapped steps
+        train = functools.partial(rollout.train, family, stepper)
+        return jax.vmap(train, in_axes=(0, 0, 1, 1))(cfgs, runs, batches, keys)
 
     run = jax.jit(unroll)
-    jax.block_until_ready(run(params, state, batches))
+    jax.block_until_ready(run(cfgs, runs, batches, loss_keys))
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(run(params, state, batches))
+        jax.block_until_ready(run(cfgs, runs, batches, loss_keys))
         best = min(best, time.perf_counter() - start)
     return best / steps
 

@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import sampling
+from tasks import rollout, sampling
 from tasks.base import TaskFamily, spec
 from tasks.families import common, image_conv, image_mlp
+from tasks.key_streams import streams
 from velojax.tensor_update import factored_dims
 
 PyTree = Any
@@ -394,6 +395,23 @@ class AdafacMLPLOpt(InnerOptimizer):
         return _mlp_flops(self._sizes()) + 10.0 * self.num_features
 
 
+@dataclasses.dataclass(frozen=True)
+class InnerStepper:
+    """An inner optimizer at meta-parameters `theta` as a `tasks.rollout` stepper (it takes
+    neither the run's length nor the loss)."""
+
+    optimizer: InnerOptimizer
+    theta: PyTree
+
+    def init(self, params, num_steps=None):
+        del num_steps
+        return self.optimizer.init(self.theta, params)
+
+    def update(self, grads, opt_state, params, loss):
+        del loss
+        return self.optimizer.update(self.theta, opt_state, params, grads)
+
+
 INNER_OPTIMIZERS: dict[str, type[InnerOptimizer]] = {
     "LearnableAdam": LearnableAdam,
     "LearnableSGDM": LearnableSGDM,
@@ -429,30 +447,27 @@ class LOpt(TaskFamily):
 
     def unroll(self, theta, key, inner_batches, normalized: bool = False) -> jax.Array:
         """The inner training losses [num_steps] (normalised by the inner task's normalizer
-        if `normalized`) of one inner task, its config and weights drawn from `key`, trained
-        by the optimizer with meta-parameters `theta` on `inner_batches` ([num_steps, ...])."""
-        inner, opt = self.inner, self.optimizer
-        k_cfg, k_init, k_run = jax.random.split(key, 3)
-        cfg = inner.sample(k_cfg)
-        params, state = inner.init(k_init, cfg)
+        if `normalized`) of one inner task, drawn from `key` (`rollout.instantiate`), trained
+        by the optimizer with meta-parameters `theta` on `inner_batches` ([num_steps, ...]),
+        step i's loss key from stream ("train_loss", i) of `key`."""
+        inner = self.inner
+        cfg, params, state = rollout.instantiate(inner, key)
+        stepper = InnerStepper(self.optimizer, theta)
 
         @jax.checkpoint  # recompute each inner step's activations in the backward pass
-        def step(carry, xs):
-            params, state, opt_state = carry
-            batch, k = xs
-            (loss, state), grads = inner.loss_and_grad(params, state, k, batch, cfg)
-            params, opt_state = opt.update(theta, opt_state, params, grads)
-            return (params, state, opt_state), loss
+        def step(run, xs):
+            return rollout.step(inner, stepper, cfg, run, *xs)
 
-        carry = (params, state, opt.init(theta, params))
-        _, losses = jax.lax.scan(step, carry, (inner_batches, jax.random.split(k_run, self.num_steps)))
+        run = rollout.start(stepper, params, state, self.num_steps)
+        keys = streams(key, "train_loss", jnp.arange(self.num_steps))
+        _, losses = jax.lax.scan(step, run, (inner_batches, keys))
         return jax.vmap(lambda x: inner.normalizer(x, cfg))(losses) if normalized else losses
 
     def loss(self, params, state, key, batch, cfg):
         def one(inner_batches, k):
             return jnp.mean(self.unroll(params, k, inner_batches, normalized=True))
 
-        keys = jax.random.split(key, self.outer_batch_size)
+        keys = streams(key, "task", jnp.arange(self.outer_batch_size))  # one inner task per unroll
         return jnp.mean(jax.vmap(one)(batch["inner"], keys)), state
 
     def normalizer(self, loss, cfg=None):

@@ -20,7 +20,9 @@ from tasks.families.lopt import (
     MLPLOpt,
     sample_lopt,
 )
+from tasks.key_streams import stream
 from tests.tasks.conformance import check_family, reference_names
+from tests.tasks.test_rollout import KeyedQuadratic
 
 # A tiny inner task. The outer loss is random in the loss key (it draws the inner tasks'
 # weights), so the conformance check's 5 meta-steps, each with a new key, must improve it by
@@ -174,3 +176,44 @@ def test_fixed_builds_abstractly(name):
     assert ("Cifar10" in name) == isinstance(base.inner, ImageConv)
     params, loss = _abstract_loss(family)
     assert loss.shape == () and jax.tree.leaves(params)
+
+
+def test_unroll_and_loss_follow_the_rollout_streams():
+    """unroll = `rollout.instantiate(inner, key)`, then the inner optimizer's update per
+    step with step i's loss key stream(key, "train_loss", i); the loss averages the
+    normalised unrolls of the inner tasks stream(key, "task", j)."""
+    inner = KeyedQuadratic(dim=3, batch_size=2, noise=0.5)  # its loss reads its key
+    opt = LearnableSGDM(initial_lr=0.1)
+    family = LOpt(inner, opt, num_steps=4, outer_batch_size=2)
+    theta = family.init(jax.random.PRNGKey(0), {})[0]
+    batch = family.get_batch(np.random.default_rng(0), "train")
+    key = jax.random.PRNGKey(5)
+
+    def by_hand(task_key, inner_batches):
+        cfg = inner.sample(stream(task_key, "config"))
+        params, state = inner.init(stream(task_key, "init"), cfg)
+        opt_state, losses = opt.init(theta, params), []
+        for i in range(4):
+            b = jax.tree.map(lambda x, i=i: x[i], inner_batches)
+            (loss, state), grads = inner.loss_and_grad(params, state, stream(task_key, "train_loss", i), b, cfg)
+            params, opt_state = opt.update(theta, opt_state, params, grads)
+            losses.append(float(loss))
+        return np.asarray(losses)
+
+    first = jax.tree.map(lambda x: x[0], batch["inner"])
+    np.testing.assert_allclose(jax.jit(family.unroll)(theta, key, first), by_hand(key, first), rtol=1e-5)
+    unrolls = [by_hand(stream(key, "task", j), jax.tree.map(lambda x, j=j: x[j], batch["inner"])) for j in range(2)]
+    expected = np.mean([np.mean(np.log1p(u)) for u in unrolls])  # Quadratic's normalizer
+    np.testing.assert_allclose(jax.jit(family.loss)(theta, {}, key, batch, {})[0], expected, rtol=1e-5)
+
+
+def test_inner_stepper_is_the_inner_optimizer_at_theta():
+    opt = LearnableSGDM(initial_lr=0.1, initial_momentum=0.5)
+    theta = opt.init_meta(jax.random.PRNGKey(0))
+    stepper = lopt.InnerStepper(opt, theta)
+    params, grads = _tree(0), _tree(1)
+    state = stepper.init(params, 10)
+    new, new_state = stepper.update(grads, state, params, jnp.asarray(123.0))  # the loss is not used
+    want, want_state = opt.update(theta, opt.init(theta, params), params, grads)
+    for a, b in zip(jax.tree.leaves((new, new_state)), jax.tree.leaves((want, want_state))):
+        np.testing.assert_array_equal(a, b)
