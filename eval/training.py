@@ -21,7 +21,9 @@ import optax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tasks import rollout
 from tasks.base import TaskFamily
+from tasks.key_streams import root, stream, streams
 
 OptimizerFactory = Callable[[jax.Array, int], optax.GradientTransformation]
 
@@ -85,27 +87,33 @@ def train_curves(
     run_sharding, data_sharding, padded = _layout(num_h, num_s, devices)
     hp = jnp.asarray(np.concatenate([hparams, np.repeat(hparams[-1:], padded - num_h)]))
     progs = _programs(family, make_optimizer, settings.steps, run_sharding, data_sharding)
-    rngs = [np.random.default_rng([seed, s]) for s in range(num_s)]
-    keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(seed), s) for s in range(num_s)])
+    # Training and evaluation batches come from separate host streams per seed, so that
+    # which batch a step or an evaluation gets does not depend on the chunking.
+    train_rngs = [np.random.default_rng([seed, s, 0]) for s in range(num_s)]
+    eval_rngs = [np.random.default_rng([seed, s, 1]) for s in range(num_s)]
+    keys = jnp.stack([jax.random.fold_in(root(seed), s) for s in range(num_s)])
+
+    def train_batches(n):  # [S, n, ...]
+        return _stack([family.stacked_batches(r, "train", n) for r in train_rngs])
 
     def eval_batches(n):  # [S, n, ...] train-split batches
-        return _stack([family.stacked_batches(r, "train", n) for r in rngs])
+        return _stack([family.stacked_batches(r, "train", n) for r in eval_rngs])
 
     carry, cfgs = progs.init(hp, keys)
-    logged = [progs.evaluate(hp, carry, cfgs, eval_batches(settings.eval_batches), keys, 0)]
+    logged = [progs.evaluate(hp, carry, cfgs, eval_batches(settings.eval_batches), keys, 0, 0)]
     k, done = settings.eval_every, 0
     blocks_per_chunk = max(1, settings.chunk // k)
     full_blocks = settings.steps // k
     while done < full_blocks:
         nb = min(blocks_per_chunk, full_blocks - done)
-        train = _blocks(_stack([family.stacked_batches(r, "train", nb * k) for r in rngs]), nb)
+        train = _blocks(train_batches(nb * k), nb)
         evals = _blocks(eval_batches(nb * settings.eval_batches), nb)
         carry, losses = progs.chunk(hp, carry, cfgs, train, evals, keys, done)
         logged.append(losses)
         done += nb
     tail = settings.steps - full_blocks * k
     if tail:
-        carry = progs.train(hp, carry, cfgs, _stack([family.stacked_batches(r, "train", tail) for r in rngs]), keys)
+        carry = progs.train(hp, carry, cfgs, train_batches(tail), keys, full_blocks * k)
     if settings.steps % k == 0 and settings.final_eval_batches != settings.eval_batches or tail:
         final = _final_eval(progs, hp, carry, cfgs, keys, eval_batches, settings)
         if tail:
@@ -118,12 +126,14 @@ def train_curves(
 
 
 def _final_eval(progs, hp, carry, cfgs, keys, eval_batches, settings: RunSettings):
-    """The mean loss over `final_eval_batches`, in groups of `eval_batches` when they divide
-    it, so that the program compiled for the periodic evaluations is reused."""
+    """The mean loss over `final_eval_batches` (the last logged evaluation), in groups of
+    `eval_batches` when they divide it, so that the program compiled for the periodic
+    evaluations is reused; batch j has the same key either way."""
     e, f = settings.eval_batches, settings.final_eval_batches
+    index = settings.eval_steps.size - 1
     if f % e:
-        return progs.evaluate(hp, carry, cfgs, eval_batches(f), keys, 1)
-    parts = [progs.evaluate(hp, carry, cfgs, eval_batches(e), keys, 1 + i) for i in range(f // e)]
+        return progs.evaluate(hp, carry, cfgs, eval_batches(f), keys, index, 0)
+    parts = [progs.evaluate(hp, carry, cfgs, eval_batches(e), keys, index, i * e) for i in range(f // e)]
     return sum(parts) / len(parts)
 
 
@@ -152,11 +162,11 @@ def _layout(num_h: int, num_s: int, devices: list):
 @dataclasses.dataclass(frozen=True)
 class _Programs:
     init: Callable  # (hp [H], keys [S]) -> (carry, cfgs), leaves [S, H, ...]
-    evaluate: Callable  # (hp, carry, cfgs, batches [S, n, ...], keys, tag) -> losses [S, H, 1]
-    chunk: (
-        Callable  # (hp, carry, cfgs, train [S, nb, k, ...], evals [S, nb, e, ...], keys, start) -> (carry, [S, H, nb])
-    )
-    train: Callable  # (hp, carry, cfgs, batches [S, n, ...], keys) -> carry
+    # (hp, carry, cfgs, batches [S, n, ...], keys, logged index, first batch's number) -> losses [S, H, 1]
+    evaluate: Callable
+    # (hp, carry, cfgs, train [S, nb, k, ...], evals [S, nb, e, ...], keys, first block's number) -> (carry, [S, H, nb])
+    chunk: Callable
+    train: Callable  # (hp, carry, cfgs, batches [S, n, ...], keys, first step's number) -> carry
 
 
 def _over_runs(fn):
@@ -169,42 +179,39 @@ def _over_runs(fn):
 @functools.lru_cache(maxsize=32)
 def _programs(family, make_optimizer, steps, run_sharding, data_sharding) -> _Programs:
     """Compiled programs for one (task, optimizer, length, layout); cached so that seeds,
-    baselines and resumed runs reuse them. `make_optimizer` must hash by value."""
+    baselines and resumed runs reuse them. `make_optimizer` must hash by value. Each seed's
+    key gives its task (stream "task"), step t's loss key ("train_loss", t) and the loss
+    key of batch j of logged evaluation i ("eval_loss", i, j): a run's numbers do not
+    depend on how its steps are chunked."""
+
+    def stepper(h):
+        return rollout.OptaxStepper(make_optimizer(h, steps))
 
     def init_one(h, key):
-        cfg = family.sample(key)
-        params, state = family.init(key, cfg)
-        return (params, state, make_optimizer(h, steps).init(params)), cfg
+        cfg, params, state = rollout.instantiate(family, stream(key, "task"))
+        return rollout.start(stepper(h), params, state, steps), cfg
 
-    def eval_one(carry, cfg, batches, key):
-        params, state, _ = carry
-        losses = jax.lax.map(lambda b: family.loss(params, state, key, b, cfg)[0], batches)
-        return jnp.mean(losses.astype(jnp.float32))
-
-    def train_steps(h, carry, cfg, batches, key):
-        tx = make_optimizer(h, steps)
-
-        def step(c, xs):
-            params, state, opt_state = c
-            batch, k = xs
-            (loss, state), grads = family.loss_and_grad(params, state, k, batch, cfg)
-            updates, opt_state = tx.update(grads, opt_state, params, value=loss)
-            return (optax.apply_updates(params, updates), state, opt_state), None
-
+    def eval_one(run, cfg, batches, key, index, first):
         n = jax.tree.leaves(batches)[0].shape[0]
-        return jax.lax.scan(step, carry, (batches, jax.random.split(key, n)))[0]
+        keys = streams(key, "eval_loss", index, first + jnp.arange(n))
+        return jnp.mean(rollout.batch_losses(family, cfg, run.params, run.model_state, batches, keys))
 
-    def chunk_one(h, carry, cfg, data, key):
-        train, evals, start = data
+    def train_steps(h, run, cfg, batches, key, first):
+        n = jax.tree.leaves(batches)[0].shape[0]
+        keys = streams(key, "train_loss", first + jnp.arange(n))
+        return rollout.train(family, stepper(h), cfg, run, batches, keys)[0]
 
-        def block(c, xs):
+    def chunk_one(h, run, cfg, data, key):
+        train, evals, start = data  # blocks [nb, k, ...]; start: the first block's number
+        k = jax.tree.leaves(train)[0].shape[1]
+
+        def block(r, xs):
             b, e, i = xs
-            k = jax.random.fold_in(key, start + i)
-            c = train_steps(h, c, cfg, b, k)
-            return c, eval_one(c, cfg, e, jax.random.fold_in(k, 1))
+            r = train_steps(h, r, cfg, b, key, (start + i) * k)
+            return r, eval_one(r, cfg, e, key, start + i + 1, 0)  # block i ends at logged step start + i + 1
 
         nb = jax.tree.leaves(train)[0].shape[0]
-        return jax.lax.scan(block, carry, (train, evals, jnp.arange(nb)))
+        return jax.lax.scan(block, run, (train, evals, jnp.arange(nb)))
 
     def constrain(tree):
         if run_sharding is None:
@@ -220,8 +227,8 @@ def _programs(family, make_optimizer, steps, run_sharding, data_sharding) -> _Pr
         return constrain(carry), cfgs
 
     @jax.jit
-    def evaluate(hp, carry, cfgs, batches, keys, tag):
-        fn = _over_runs(lambda h, c, g, b, k: eval_one(c, g, b, jax.random.fold_in(k, tag)))
+    def evaluate(hp, carry, cfgs, batches, keys, index, first):
+        fn = _over_runs(lambda h, c, g, b, k: eval_one(c, g, b, k, index, first))
         return fn(hp, carry, cfgs, batches, keys)[..., None]
 
     @functools.partial(jax.jit, donate_argnums=1)
@@ -231,13 +238,13 @@ def _programs(family, make_optimizer, steps, run_sharding, data_sharding) -> _Pr
         return constrain(carry), losses
 
     @functools.partial(jax.jit, donate_argnums=1)
-    def train(hp, carry, cfgs, batches, keys):
-        fn = _over_runs(lambda h, c, g, b, k: train_steps(h, c, g, b, jax.random.fold_in(k, 2**30)))
+    def train(hp, carry, cfgs, batches, keys, first):
+        fn = _over_runs(lambda h, c, g, b, k: train_steps(h, c, g, b, k, first))
         return constrain(fn(hp, carry, cfgs, batches, keys))
 
     return _Programs(
         init=init,
-        evaluate=lambda hp, carry, cfgs, b, keys, tag: evaluate(hp, carry, cfgs, place(b), keys, tag),
+        evaluate=lambda hp, carry, cfgs, b, keys, index, first: evaluate(hp, carry, cfgs, place(b), keys, index, first),
         chunk=lambda hp, carry, cfgs, t, e, keys, start: chunk(hp, carry, cfgs, place(t), place(e), keys, start),
-        train=lambda hp, carry, cfgs, b, keys: train(hp, carry, cfgs, place(b), keys),
+        train=lambda hp, carry, cfgs, b, keys, first: train(hp, carry, cfgs, place(b), keys, first),
     )
