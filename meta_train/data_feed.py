@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tasks.base import TaskFamily
+from tasks.key_streams import stream
 
 PyTree = Any
 
@@ -37,6 +38,11 @@ def step_keys(key: jax.Array, num_pairs: int, start: int, num: int) -> jax.Array
     a pair), each from its step number: the same whatever the chunking."""
     steps = jnp.arange(start, start + num)
     return jnp.swapaxes(jax.vmap(lambda s: jax.random.split(jax.random.fold_in(key, s), num_pairs))(steps), 0, 1)
+
+
+def per_pair_keys(key: jax.Array, name: str, num_pairs: int) -> jax.Array:
+    """[pairs] keys: pair i's is stream(key, name, i) (`tasks.key_streams`)."""
+    return jax.vmap(lambda i: stream(key, name, i))(jnp.arange(num_pairs))
 
 
 def pair_keys(key: jax.Array, num_pairs: int, num: int) -> jax.Array:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from meta_train import data_feed
-from meta_train.data_feed import pair_rngs
+from meta_train.data_feed import pair_rngs, per_pair_keys
 from meta_train.es import (
     OWN_DRAW_SIZE,
     aggregate_pairs,
@@ -42,7 +42,9 @@ from meta_train.es import (
 )
 from meta_train.learned_optimizer import VeLONetwork
 from meta_train.sharding import AXIS, default_mesh, place, sharded_program, to_host
+from tasks import rollout
 from tasks.base import TaskFamily
+from tasks.key_streams import stream
 
 # This module's names and, for code written before the split, those of the modules split
 # out of it (sharding, es, data_feed).
@@ -88,13 +90,9 @@ class Estimator(Protocol):
     ) -> tuple[PyTree, Any, dict[str, float]]: ...
 
 
-class Rollouts(NamedTuple):
-    """The inner runs of an estimate's rollouts, leaves [pairs, sides (θ+ε, θ−ε; or 1: θ), ...]:
-    the carry of the chunk programs."""
-
-    params: PyTree
-    model_state: PyTree
-    opt: PyTree
+# The inner runs of an estimate's rollouts, leaves [pairs, sides (θ+ε, θ−ε; or 1: θ), ...]:
+# the carry of the chunk programs.
+Rollouts = rollout.InnerRun
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,21 +187,20 @@ class FullES:
 
     def _rollouts(self, theta, key, family, mesh, antithetic: bool):
         """Per-pair meta-losses [pairs, 2 (θ+ε, θ-ε) or 1 (θ)], the pair perturbation keys
-        and the rollout length."""
+        and the rollout length. The draws come from `key`'s named streams (tasks.key_streams)."""
         programs = _programs(self, family, mesh, antithetic)
-        k_len, k_task, k_pert, k_data, k_loss, k_recompute = jax.random.split(key, 6)
         multiple = self.length_multiple or self.chunk
-        length = rollout_length(k_len, self.min_length, self.max_length, multiple)
+        length = rollout_length(stream(key, "length"), self.min_length, self.max_length, multiple)
         pairs = NamedSharding(mesh, P(AXIS))
-        task_keys = place(jax.random.split(k_task, self.num_pairs), pairs)
-        pert_keys = place(jax.random.split(k_pert, self.num_pairs), pairs)
-        rngs = data_feed.pair_rngs(k_data, self.num_pairs)
+        task_keys = place(per_pair_keys(key, "tasks", self.num_pairs), pairs)
+        pert_keys = place(per_pair_keys(key, "perturbation", self.num_pairs), pairs)
+        rngs = data_feed.pair_rngs(stream(key, "data"), self.num_pairs)
 
         cfgs, runs = programs.init(theta, task_keys, pert_keys, jnp.int32(length))
         loss_sum, last, done = None, None, 0
         for size in data_feed.chunk_sizes(length, self.chunk, multiple):
             batches = data_feed.stacked(family, rngs, "train", size)
-            keys = data_feed.step_keys(k_loss, self.num_pairs, done, size)
+            keys = data_feed.step_keys(stream(key, "loss"), self.num_pairs, done, size)
             runs, losses = programs.chunk(theta, pert_keys, cfgs, runs, batches, keys)
             done += size
             if self.loss_type == "avg":  # (the per-step losses are otherwise not needed)
@@ -212,11 +209,86 @@ class FullES:
                 last = losses[..., -1]
         if self.loss_type == "last_recompute":
             batches = data_feed.stacked(family, rngs, self.recompute_split, self.recompute_batches)
-            keys = data_feed.pair_keys(k_recompute, self.num_pairs, self.recompute_batches)
+            keys = data_feed.pair_keys(stream(key, "recompute"), self.num_pairs, self.recompute_batches)
             return programs.recompute(cfgs, runs, batches, keys), pert_keys, length
         if self.loss_type == "avg":
             return loss_sum / length, pert_keys, length
         return last, pert_keys, length
+
+
+# The pieces of an estimate, pure functions of one device's pairs (leading axis [pairs];
+# `_programs` runs them under `shard_map`, so `axis_name` sums over every device's pairs).
+
+
+def rollout_thetas(es: FullES, theta: PyTree, pert_keys: jax.Array, antithetic: bool):
+    """(thetas, pair_axes, side_axes) of `antithetic_thetas`; without `antithetic`, θ
+    itself for every pair and its one side."""
+    if not antithetic:
+        return theta, None, None
+    return antithetic_thetas(es.lopt, theta, pert_keys, es.std)
+
+
+def init_rollouts(
+    es: FullES, family: TaskFamily, theta: PyTree, task_keys: jax.Array, pert_keys: jax.Array, num_steps,
+    antithetic: bool = True,
+) -> tuple[PyTree, Rollouts]:  # fmt: skip
+    """(cfgs [pairs, ...], the rollouts at step 0 [pairs, sides, ...]): pair i's task from
+    task_keys[i] (`tasks.rollout.instantiate`), the same on both sides, and the learned
+    optimizer initialised on each side with its θ ± εᵢ for `num_steps` steps."""
+    cfgs, params, states = jax.vmap(lambda k: rollout.instantiate(family, k))(task_keys)
+    thetas, pair_axes, side_axes = rollout_thetas(es, theta, pert_keys, antithetic)
+    sides = 2 if antithetic else 1
+    init = jax.vmap(lambda th, p: es.lopt.init(th, p, num_steps), in_axes=(side_axes, None), axis_size=sides)
+    opt = jax.vmap(init, in_axes=(pair_axes, 0))(thetas, params)
+    params, states = jax.tree.map(lambda x: jnp.stack([x] * sides, axis=1), (params, states))
+    return cfgs, Rollouts(params, states, opt)
+
+
+def train_rollouts(
+    es: FullES, family: TaskFamily, theta: PyTree, pert_keys: jax.Array, cfgs: PyTree, runs: Rollouts,
+    batches: PyTree, keys: jax.Array, antithetic: bool = True,
+) -> tuple[Rollouts, jax.Array]:  # fmt: skip
+    """The rollouts after the inner steps of `batches` [pairs, steps, ...] with loss keys
+    `keys` [pairs, steps] (shared by a pair's sides), and their normalised training losses
+    [pairs, sides, steps]."""
+    thetas, pair_axes, side_axes = rollout_thetas(es, theta, pert_keys, antithetic)
+
+    def one(th, cfg, run, batch, key):  # one inner step of one rollout
+        run, loss = rollout.step(family, rollout.LearnedStepper(es.lopt, th), cfg, run, batch, key)
+        return run, family.normalizer(loss, cfg)
+
+    pair = jax.vmap(one, in_axes=(side_axes, None, 0, None, None))
+    step = jax.vmap(pair, in_axes=(pair_axes, 0, 0, 0, 0))
+    # The scan is outermost (vmaps inside its step): vmapping a scan re-traces its body
+    # to a fixed point per vmap, seconds of tracing for VeLO's update.
+    xs = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), (batches, keys))  # step-major
+    runs, losses = jax.lax.scan(lambda r, x: step(thetas, cfgs, r, *x), runs, xs)
+    return runs, jnp.moveaxis(losses, 0, -1)
+
+
+def recompute_losses(family: TaskFamily, cfgs: PyTree, runs: Rollouts, batches: PyTree, keys: jax.Array) -> jax.Array:
+    """[pairs, sides]: each rollout's mean normalised loss of its final weights over
+    `batches` [pairs, n, ...] with `keys` [pairs, n] (no training)."""
+
+    def pair(cfg, run, batches, keys):
+        def side(params, state):
+            return jnp.mean(rollout.batch_losses(family, cfg, params, state, batches, keys, normalize=True))
+
+        return jax.vmap(side)(run.params, run.model_state)
+
+    return jax.vmap(pair)(cfgs, runs, batches, keys)
+
+
+def finish(es: FullES, theta: PyTree, pert_keys: jax.Array, pair_losses: jax.Array, axis_name=None):
+    """(ĝ, meta-loss, pairs dropped as non-finite) from the pairs' losses [pairs, 2]."""
+    delta = pair_losses[:, 0] - pair_losses[:, 1]
+    finite = jnp.isfinite(delta)
+    delta = jnp.where(finite, delta, 0.0)
+    if es.sign_delta is not None:
+        delta = jnp.sign(delta) * es.sign_delta
+    grad_sum = es_gradient_sum(theta, pert_keys, delta, es.std)
+    out = aggregate_pairs(grad_sum, jnp.mean(pair_losses, axis=1), finite, es.num_pairs, es.std, axis_name)
+    return out.grad, out.meta_loss, es.num_pairs - out.included
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,75 +301,16 @@ class _Programs:
 
 @functools.lru_cache(maxsize=64)
 def _programs(es: FullES, family: TaskFamily, mesh: Mesh, antithetic: bool) -> _Programs:
-    """The compiled pieces of an estimate, for one (estimator, family, mesh); without
-    `antithetic`, each pair is one rollout with θ itself (for evaluation)."""
-    lopt, std = es.lopt, es.std
-
-    def rollout_thetas(theta, pert_keys):
-        if not antithetic:  # θ itself, for every pair and its one side
-            return theta, None, None
-        return antithetic_thetas(lopt, theta, pert_keys, std)
-
-    def init_local(theta, task_keys, pert_keys, num_steps):
-        def task(key):
-            k_cfg, k_init = jax.random.split(key)
-            cfg = family.sample(k_cfg)
-            return cfg, *family.init(k_init, cfg)
-
-        cfgs, params, states = jax.vmap(task)(task_keys)
-        thetas, pair_axes, side_axes = rollout_thetas(theta, pert_keys)
-        sides = 2 if antithetic else 1
-        init = jax.vmap(lambda th, p: lopt.init(th, p, num_steps), in_axes=(side_axes, None), axis_size=sides)
-        opt = jax.vmap(init, in_axes=(pair_axes, 0))(thetas, params)
-        params, states = jax.tree.map(lambda x: jnp.stack([x] * sides, axis=1), (params, states))
-        return cfgs, Rollouts(params, states, opt)
-
-    def chunk_local(theta, pert_keys, cfgs, runs, batches, keys):
-        thetas, pair_axes, side_axes = rollout_thetas(theta, pert_keys)
-
-        def one(th, cfg, run, batch, key):  # one inner step of one rollout
-            (loss, state), grads = family.loss_and_grad(run.params, run.model_state, key, batch, cfg)
-            params, opt = lopt.update(th, run.opt, grads, run.params, loss)
-            return Rollouts(params, state, opt), family.normalizer(loss, cfg)
-
-        pair = jax.vmap(one, in_axes=(side_axes, None, 0, None, None))
-        step = jax.vmap(pair, in_axes=(pair_axes, 0, 0, 0, 0))
-        # The scan is outermost (vmaps inside its step): vmapping a scan re-traces its
-        # body to a fixed point per vmap, seconds of tracing for VeLO's update.
-        xs = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), (batches, keys))  # step-major
-        runs, losses = jax.lax.scan(lambda r, x: step(thetas, cfgs, r, *x), runs, xs)
-        return runs, jnp.moveaxis(losses, 0, -1)  # [pairs, sides, steps]
-
-    def recompute_pair(cfg, run, batches, keys):
-
-        def side(params, state):
-            def one(xs):
-                batch, k = xs
-                return family.normalizer(family.loss(params, state, k, batch, cfg)[0], cfg)
-
-            return jnp.mean(jax.lax.map(one, (batches, keys)))
-
-        return jax.vmap(side)(run.params, run.model_state)
-
-    def recompute_local(cfgs, runs, batches, keys):
-        return jax.vmap(recompute_pair)(cfgs, runs, batches, keys)
-
-    def finish_local(theta, pert_keys, pair_losses):
-        delta = pair_losses[:, 0] - pair_losses[:, 1]
-        finite = jnp.isfinite(delta)
-        delta = jnp.where(finite, delta, 0.0)
-        if es.sign_delta is not None:
-            delta = jnp.sign(delta) * es.sign_delta
-        grad_sum = es_gradient_sum(theta, pert_keys, delta, std)
-        out = aggregate_pairs(grad_sum, jnp.mean(pair_losses, axis=1), finite, es.num_pairs, std, AXIS)
-        return out.grad, out.meta_loss, es.num_pairs - out.included
-
+    """The pieces above compiled for one (estimator, family, mesh), pairs split over the
+    mesh; without `antithetic`, each pair is one rollout with θ itself (for evaluation)."""
     pairs, rep = P(AXIS), P()
     program = functools.partial(sharded_program, mesh)
-
+    partial = functools.partial
     return _Programs(
-        init=program(init_local, (rep, pairs, pairs, rep), pairs),
-        chunk=program(chunk_local, (rep, pairs, pairs, pairs, pairs, pairs), pairs, donate_argnums=3),
-        recompute=program(recompute_local, (pairs,) * 4, pairs),
-        finish=program(finish_local, (rep, pairs, pairs), rep),
+        init=program(partial(init_rollouts, es, family, antithetic=antithetic), (rep, pairs, pairs, rep), pairs),
+        chunk=program(
+            partial(train_rollouts, es, family, antithetic=antithetic), (rep,) + (pairs,) * 5, pairs, donate_argnums=3
+        ),  # fmt: skip
+        recompute=program(partial(recompute_losses, family), (pairs,) * 4, pairs),
+        finish=program(partial(finish, es, axis_name=AXIS), (rep, pairs, pairs), rep),
     )

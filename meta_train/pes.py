@@ -51,7 +51,10 @@ from meta_train import data_feed
 from meta_train.es import aggregate_pairs, antithetic_thetas, perturbation, sample_length
 from meta_train.learned_optimizer import VeLONetwork
 from meta_train.sharding import AXIS, default_mesh, place, sharded_program, to_host
+from tasks import rollout
 from tasks.base import TaskFamily
+from tasks.key_streams import stream
+from tasks.rollout import InnerRun
 
 PyTree = Any
 __all__ = ["GradientTerms", "InnerRuns", "PESState", "TruncatedPES", "pes_gradient_terms", "sample_length"]
@@ -164,7 +167,7 @@ class TruncatedPES:
         """Fresh inner runs of `family` (pair i's task and episode length from `key`), both
         sides at the unperturbed θ, and A = 0."""
         mesh = default_mesh(self.num_pairs) if mesh is None else mesh
-        keys = jax.random.split(key, self.num_pairs)
+        keys = data_feed.per_pair_keys(key, "tasks", self.num_pairs)
         return _programs(self, family, mesh).init(theta, keys)
 
     def estimate(
@@ -204,14 +207,14 @@ class TruncatedPES:
     def _unroll(self, theta, state, key, family, mesh):
         """(inner state after the truncation, its traces (one per chunk), εᵢ keys)."""
         programs = _programs(self, family, mesh)
-        k_pert, k_data, k_step = jax.random.split(key, 3)
-        pert_keys = place(jax.random.split(k_pert, self.num_pairs), NamedSharding(mesh, P(AXIS)))
-        rngs = data_feed.pair_rngs(k_data, self.num_pairs)
+        pairs = NamedSharding(mesh, P(AXIS))
+        pert_keys = place(data_feed.per_pair_keys(key, "perturbation", self.num_pairs), pairs)
+        rngs = data_feed.pair_rngs(stream(key, "data"), self.num_pairs)
         inner = state.inner()
         traces = []
         for c in range(self.trunc_length // self.chunk):
             batches = data_feed.stacked(family, rngs, "train", self.chunk)
-            keys = data_feed.pair_keys(jax.random.fold_in(k_step, c), self.num_pairs, self.chunk)
+            keys = data_feed.step_keys(stream(key, "loss"), self.num_pairs, c * self.chunk, self.chunk)
             inner, trace = programs.chunk(theta, pert_keys, inner, batches, keys)
             traces.append(trace)
         return inner, tuple(traces), pert_keys
@@ -266,6 +269,125 @@ def pes_gradient_terms(losses, mask, done, sign_delta, reference_attribution) ->
     return GradientTerms(l_old, l_new, reset, keep, nonfinite, pair_loss, count)
 
 
+# The pieces of an estimate, pure functions of one device's pairs (leading axis [pairs];
+# `_programs` runs them under `shard_map`, so `axis_name` sums over every device's pairs).
+
+
+def _both(x: PyTree) -> PyTree:
+    """x on both sides of a pair: leaves [2, ...]."""
+    return jax.tree.map(lambda a: jnp.stack([a, a]), x)
+
+
+def _new_task(pes: TruncatedPES, family: TaskFamily, thetas, side_axes, key, length) -> _Task:
+    """A pair's new task from `key` (`tasks.rollout.instantiate`), the same on both sides,
+    the learned optimizer initialised on each side with its θ (± ε) for `length` steps."""
+    cfg, params, model_state = rollout.instantiate(family, key)
+    opt = jax.vmap(lambda th: pes.lopt.init(th, params, length), in_axes=(side_axes,), axis_size=2)(thetas)
+    return _Task(cfg, _both(params), _both(model_state), opt)
+
+
+def init_pairs(pes: TruncatedPES, family: TaskFamily, theta: PyTree, keys: jax.Array) -> PESState:
+    """Fresh pairs from `keys` [pairs]: pair i's task from keys[i], its first episode's
+    length from stream "episode_length" (cut at stream "offset" with `random_offset`),
+    both sides at the unperturbed θ, A = 0."""
+
+    def init_pair(key):
+        length = sample_length(stream(key, "episode_length"), pes.min_length, pes.max_length)
+        if pes.random_offset:
+            length = length - jax.random.randint(stream(key, "offset"), (), 0, length, jnp.int32)
+        task = _new_task(pes, family, theta, None, key, length)
+        zero = jnp.zeros((), jnp.int32)
+        return PESState(**task._asdict(), step=zero, length=length, done=jnp.zeros((), bool),
+                        accumulator=jax.tree.map(jnp.zeros_like, theta))  # fmt: skip
+
+    return jax.vmap(init_pair)(keys)
+
+
+def unroll_chunk(
+    pes: TruncatedPES, family: TaskFamily, theta: PyTree, pert_keys: jax.Array, inner: InnerRuns, batches: PyTree,
+    keys: jax.Array,
+) -> tuple[InnerRuns, _Trace]:  # fmt: skip
+    """The pairs' runs after the steps of `batches` [pairs, steps, ...] with step keys
+    `keys` [pairs, steps] (a step trains on stream "loss", or resets an ended episode
+    from streams "reset" and "episode_length"), and what the steps record."""
+    thetas, pair_axes, side_axes = antithetic_thetas(pes.lopt, theta, pert_keys, pes.std)
+
+    def train_pair(th2, cfg, params, model_state, opt, batch, key):
+        def side(th, p, s, o):
+            run, loss = rollout.step(family, rollout.LearnedStepper(pes.lopt, th), cfg, InnerRun(p, s, o), batch, key)
+            return *run, family.normalizer(loss, cfg)
+
+        return jax.vmap(side, in_axes=(side_axes, 0, 0, 0))(th2, params, model_state, opt)
+
+    def step(runs: InnerRuns, xs) -> tuple[InnerRuns, _Trace]:
+        batch, key = xs  # [pairs, ...]
+        done = runs.done
+        train = jax.vmap(train_pair, in_axes=(pair_axes,) + (0,) * 6)
+        k_train = jax.vmap(lambda k: stream(k, "loss"))(key)
+        params1, state1, opt1, losses = train(thetas, runs.cfg, runs.params, runs.model_state, runs.opt, batch, k_train)
+
+        def with_resets(trained):
+            def reset(th2, length, k):
+                return _new_task(pes, family, th2, side_axes, stream(k, "reset"), length)
+
+            fresh = jax.vmap(reset, in_axes=(pair_axes, 0, 0))(thetas, runs.length, key)
+
+            def pick(new, old):
+                return jnp.where(done.reshape(done.shape + (1,) * (old.ndim - 1)), new, old)
+
+            return jax.tree.map(pick, fresh, trained)
+
+        trained = _Task(runs.cfg, params1, state1, opt1)
+        task = jax.lax.cond(jnp.any(done), with_resets, lambda t: t, trained)
+        count = jnp.where(done, 0, runs.step + 1)
+        ended = ~done & (count >= runs.length)
+        new_length = jax.vmap(lambda k: sample_length(stream(k, "episode_length"), pes.min_length, pes.max_length))(key)
+        length = jnp.where(ended, new_length, runs.length)
+        losses = jnp.where(done[:, None], 0.0, losses)
+        runs = InnerRuns(**task._asdict(), step=count, length=length, done=ended)
+        return runs, _Trace(losses=losses, mask=~done, done=ended)
+
+    steps_first = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (batches, keys))
+    inner, trace = jax.lax.scan(step, inner, steps_first)  # trace: [steps, pairs, ...]
+    return inner, _Trace(jnp.transpose(trace.losses, (1, 2, 0)), trace.mask.T, trace.done.T)
+
+
+def finish(
+    pes: TruncatedPES, theta: PyTree, accumulator: PyTree, pert_keys: jax.Array, traces: tuple[_Trace, ...],
+    axis_name=None,
+) -> tuple[PyTree, PyTree, _Stats]:  # fmt: skip
+    """(ĝ, the new accumulators A′ [pairs, ...θ], stats) from the truncation's traces
+    (one per chunk, in order); see the module doc."""
+    std = pes.std
+    trace = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=-1), *traces)  # the chunks' steps in order
+    terms = pes_gradient_terms(trace.losses, trace.mask, trace.done, pes.sign_delta, pes.reference_attribution)
+
+    def one(total, xs):
+        acc, key, lo, ln, rs, kp = xs
+        eps = perturbation(theta, key, std)
+        summed = jax.tree.map(jnp.add, acc, eps)
+        total = jax.tree.map(lambda g, a, e: g + lo.astype(g.dtype) * a + ln.astype(g.dtype) * e, total, summed, eps)
+        new_acc = jax.tree.map(lambda a, e: jnp.where(rs, e, jnp.where(kp, a, jnp.zeros_like(a))), summed, eps)
+        return total, new_acc
+
+    zeros = jax.tree.map(jnp.zeros_like, theta)
+    xs = (accumulator, pert_keys, terms.l_old, terms.l_new, terms.reset, terms.keep)
+    total, new_acc = jax.lax.scan(one, zeros, xs)
+    ok = ~terms.nonfinite & (terms.trained > 0)
+    out = aggregate_pairs(total, terms.pair_loss, ok, pes.num_pairs, std, axis_name)
+
+    def psum(x):
+        return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+    stats = _Stats(
+        meta_loss=out.meta_loss,
+        nonfinite_pairs=psum(jnp.sum(terms.nonfinite)),
+        resets=psum(jnp.sum(trace.done)),
+        trained=psum(jnp.sum(terms.trained)),
+    )
+    return out.grad, new_acc, stats
+
+
 @dataclasses.dataclass(frozen=True)
 class _Programs:
     init: Any
@@ -275,118 +397,14 @@ class _Programs:
 
 @functools.lru_cache(maxsize=64)
 def _programs(pes: TruncatedPES, family: TaskFamily, mesh: Mesh) -> _Programs:
-    """The compiled pieces of PES for one (estimator, family, mesh)."""
-    lopt, std = pes.lopt, pes.std
-
-    def both(x):
-        return jax.tree.map(lambda a: jnp.stack([a, a]), x)
-
-    def init_pair(theta, key):
-        k_task, k_len, k_off = jax.random.split(key, 3)
-        k_cfg, k_init = jax.random.split(k_task)
-        cfg = family.sample(k_cfg)
-        params, model_state = family.init(k_init, cfg)
-        length = sample_length(k_len, pes.min_length, pes.max_length)
-        if pes.random_offset:
-            length = length - jax.random.randint(k_off, (), 0, length, jnp.int32)
-        opt = lopt.init(theta, params, length)
-        zero = jnp.zeros((), jnp.int32)
-        acc = jax.tree.map(jnp.zeros_like, theta)
-        return PESState(
-            cfg=cfg,
-            params=both(params),
-            model_state=both(model_state),
-            opt=both(opt),
-            step=zero,
-            length=length,
-            done=jnp.zeros((), bool),
-            accumulator=acc,
-        )
-
-    def init_local(theta, keys):
-        return jax.vmap(init_pair, in_axes=(None, 0))(theta, keys)
-
-    def chunk_local(theta, pert_keys, inner, batches, keys):
-        thetas, pair_axes, side_axes = antithetic_thetas(lopt, theta, pert_keys, std)
-
-        def train_pair(th2, cfg, params, model_state, opt, batch, key):
-            def side(th, p, s, o):
-                (loss, s), grads = family.loss_and_grad(p, s, key, batch, cfg)
-                p, o = lopt.update(th, o, grads, p, loss)
-                return p, s, o, family.normalizer(loss, cfg)
-
-            return jax.vmap(side, in_axes=(side_axes, 0, 0, 0))(th2, params, model_state, opt)
-
-        def reset_pair(th2, length, key):
-            k_cfg, k_init = jax.random.split(key)
-            cfg = family.sample(k_cfg)
-            params, model_state = family.init(k_init, cfg)
-            opt = jax.vmap(lambda th: lopt.init(th, params, length), in_axes=(side_axes,), axis_size=2)(th2)
-            return _Task(cfg, both(params), both(model_state), opt)
-
-        def step(runs: InnerRuns, xs) -> tuple[InnerRuns, _Trace]:
-            batch, key = xs  # [pairs, ...]
-            done = runs.done
-            k_train, k_reset, k_len = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(key), 1, 0)
-            train = jax.vmap(train_pair, in_axes=(pair_axes,) + (0,) * 6)
-            params1, state1, opt1, losses = train(
-                thetas, runs.cfg, runs.params, runs.model_state, runs.opt, batch, k_train
-            )
-
-            def with_resets(trained):
-                fresh = jax.vmap(reset_pair, in_axes=(pair_axes, 0, 0))(thetas, runs.length, k_reset)
-
-                def pick(new, old):
-                    return jnp.where(done.reshape(done.shape + (1,) * (old.ndim - 1)), new, old)
-
-                return jax.tree.map(pick, fresh, trained)
-
-            trained = _Task(runs.cfg, params1, state1, opt1)
-            task = jax.lax.cond(jnp.any(done), with_resets, lambda t: t, trained)
-            count = jnp.where(done, 0, runs.step + 1)
-            ended = ~done & (count >= runs.length)
-            new_length = jax.vmap(lambda k: sample_length(k, pes.min_length, pes.max_length))(k_len)
-            length = jnp.where(ended, new_length, runs.length)
-            losses = jnp.where(done[:, None], 0.0, losses)
-            runs = InnerRuns(**task._asdict(), step=count, length=length, done=ended)
-            return runs, _Trace(losses=losses, mask=~done, done=ended)
-
-        steps_first = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), (batches, keys))
-        inner, trace = jax.lax.scan(step, inner, steps_first)  # trace: [steps, pairs, ...]
-        return inner, _Trace(jnp.transpose(trace.losses, (1, 2, 0)), trace.mask.T, trace.done.T)
-
-    def finish_local(theta, accumulator, pert_keys, traces):
-        trace = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=-1), *traces)  # the chunks' steps in order
-        terms = pes_gradient_terms(trace.losses, trace.mask, trace.done, pes.sign_delta, pes.reference_attribution)
-
-        def one(total, xs):
-            acc, key, lo, ln, rs, kp = xs
-            eps = perturbation(theta, key, std)
-            summed = jax.tree.map(jnp.add, acc, eps)
-            total = jax.tree.map(
-                lambda g, a, e: g + lo.astype(g.dtype) * a + ln.astype(g.dtype) * e, total, summed, eps
-            )
-            new_acc = jax.tree.map(lambda a, e: jnp.where(rs, e, jnp.where(kp, a, jnp.zeros_like(a))), summed, eps)
-            return total, new_acc
-
-        zeros = jax.tree.map(jnp.zeros_like, theta)
-        xs = (accumulator, pert_keys, terms.l_old, terms.l_new, terms.reset, terms.keep)
-        total, new_acc = jax.lax.scan(one, zeros, xs)
-        ok = ~terms.nonfinite & (terms.trained > 0)
-        out = aggregate_pairs(total, terms.pair_loss, ok, pes.num_pairs, std, AXIS)
-        stats = _Stats(
-            meta_loss=out.meta_loss,
-            nonfinite_pairs=jax.lax.psum(jnp.sum(terms.nonfinite), AXIS),
-            resets=jax.lax.psum(jnp.sum(trace.done), AXIS),
-            trained=jax.lax.psum(jnp.sum(terms.trained), AXIS),
-        )
-        return out.grad, new_acc, stats
-
+    """The pieces above compiled for one (estimator, family, mesh), pairs split over the mesh."""
     pairs, rep = P(AXIS), P()
     program = functools.partial(sharded_program, mesh)
-
+    partial = functools.partial
     return _Programs(
-        init=program(init_local, (rep, pairs), pairs),
-        chunk=program(chunk_local, (rep, pairs, pairs, pairs, pairs), pairs, donate_argnums=2),
-        finish=program(finish_local, (rep, pairs, pairs, pairs), (rep, pairs, rep), donate_argnums=1),
+        init=program(partial(init_pairs, pes, family), (rep, pairs), pairs),
+        chunk=program(partial(unroll_chunk, pes, family), (rep, pairs, pairs, pairs, pairs), pairs, donate_argnums=2),
+        finish=program(
+            partial(finish, pes, axis_name=AXIS), (rep, pairs, pairs, pairs), (rep, pairs, rep), donate_argnums=1
+        ),  # fmt: skip
     )

@@ -1,7 +1,8 @@
 """The outer loop: curriculum, FullES or PES estimates, meta-optimizer, checkpoints, metrics.
 
-A run is a pure function of its config: the outer step t uses the key fold_in(seed, t),
-and the task pool of a phase is redrawn from (seed, phase, t // resample_every). So the
+A run is a pure function of its config: every draw comes from a named key stream of
+`PRNGKey(seed)` (`tasks.key_streams`): outer step t's estimates from stream "estimate"
+(t, e), the task pool of a phase from stream "pool" (phase, t // resample_every). So the
 checkpointed state is just (θ, meta-optimizer state, step) — plus, with PES, the
 estimator's persistent inner runs and accumulators — and a run restarted from a
 checkpoint computes exactly what an uninterrupted run computes.
@@ -20,7 +21,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -30,14 +31,14 @@ from jax.sharding import PartitionSpec as P
 
 import tasks
 from meta_train import checkpointing, estimators
-from meta_train import pes as pes_lib
-from meta_train.config import MetaTrainConfig, Phase
+from meta_train.config import CONFIG_FORMAT, MetaTrainConfig, PESConfig, Phase
 from meta_train.learned_optimizer import VeLONetwork
 from meta_train.sharding import default_mesh, place, to_host
 from meta_train.tensorboard_log import HELD_OUT_TAG, VALIDATION_TAG, ScalarLog
 from meta_train.workdir import best_validation, prune_step_thetas, save_step_theta, step_theta_path
 from tasks import phases as task_phases
 from tasks.base import TaskFamily, with_batch_size
+from tasks.key_streams import root, stream
 from velojax import meta_params as meta_params_lib
 from velojax.files import write_atomic
 
@@ -64,41 +65,27 @@ def meta_optimizer(config: MetaTrainConfig) -> optax.GradientTransformation:
 
 def estimator(config: MetaTrainConfig, phase: Phase) -> estimators.Estimator:
     """The config's estimator (FullES or PES) for `phase`."""
-    return pes_estimator(config, phase) if config.estimator == "pes" else full_es(config, phase)
+    return config.estimator.build(config.network(), phase)
 
 
-def full_es(config: MetaTrainConfig, phase: Phase) -> estimators.FullES:
+def evaluator(config: MetaTrainConfig, num_pairs: int, length: int) -> estimators.FullES:
+    """The FullES whose `evaluate` scores θ (no perturbation): `num_pairs` tasks, rollouts
+    of exactly `length` steps, final loss over `eval_recompute_batches` batches."""
     return estimators.FullES(
         VeLONetwork(config.network()),
-        num_pairs=config.num_pairs,
-        std=config.std,
-        min_length=phase.min_length,
-        max_length=phase.max_length,
-        chunk=config.chunk,
-        length_multiple=config.length_multiple,
-        loss_type=config.loss_type,
-        recompute_batches=config.recompute_batches,
-        sign_delta=config.sign_delta,
-    )
-
-
-def pes_estimator(config: MetaTrainConfig, phase: Phase) -> pes_lib.TruncatedPES:
-    """PES whose episodes have the phase's lengths (VeLO's num_steps per episode)."""
-    return pes_lib.TruncatedPES(
-        VeLONetwork(config.network()),
-        num_pairs=config.num_pairs,
-        std=config.std,
-        trunc_length=config.trunc_length,
-        chunk=config.chunk,
-        min_length=phase.min_length,
-        max_length=phase.max_length,
-        sign_delta=config.sign_delta,
+        num_pairs=num_pairs,
+        min_length=length,
+        max_length=length,
+        chunk=config.estimator.chunk,
+        length_multiple=_divisor_at_most(config.estimator.chunk, length),
+        loss_type="last_recompute",
+        recompute_batches=config.eval_recompute_batches,
     )
 
 
 def initial_theta(config: MetaTrainConfig) -> PyTree:
     """θ at step 0 as `config.init` names it (see `MetaTrainConfig`)."""
-    key, network = jax.random.PRNGKey(config.seed), config.network()
+    key, network = stream(root(config.seed), "theta_init"), config.network()
     if config.init == "hand_designed":
         return meta_params_lib.hand_designed_meta_params(network, lr_mult=config.init_lr_mult)
     if config.init == "scheduled":
@@ -118,7 +105,7 @@ def init_state(config: MetaTrainConfig, theta: PyTree | None = None) -> TrainSta
 def task_pool(config: MetaTrainConfig, phase_index: int, epoch: int) -> tuple[TaskFamily, ...]:
     """The families of phase `phase_index` during resampling epoch `epoch`."""
     phase = config.phases[phase_index]
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), phase_index), epoch)
+    key = stream(root(config.seed), "pool", phase_index, epoch)
     if phase.tasks:
         pool = [tasks.get(name) for name in phase.tasks]
     elif phase.custom is not None:
@@ -150,13 +137,15 @@ def family_at(config: MetaTrainConfig, step: int, estimate: int = 0) -> TaskFami
     with FullES, per resampling epoch with PES (whose inner runs persist)."""
     index, phase = config.phase_at(step)
     pool = task_pool(config, index, step // phase.resample_every)
-    if config.estimator == "pes":
-        pick = jax.random.PRNGKey(config.seed + 3)
-        for i in (*_pes_epoch(config, step), estimate):
-            pick = jax.random.fold_in(pick, i)
-    else:
-        pick = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step), estimate)
+    # PES keeps a family for its state's lifetime (a resampling epoch), FullES picks per step
+    when = _pes_epoch(config, step) if _persistent(config) else (step,)
+    pick = stream(root(config.seed), "pick", *when, estimate)
     return pool[int(jax.random.randint(pick, (), 0, len(pool)))]
+
+
+def _persistent(config: MetaTrainConfig) -> bool:
+    """Whether the estimator's states persist across outer steps (PES's inner runs)."""
+    return isinstance(config.estimator, PESConfig)
 
 
 def _pes_epoch(config: MetaTrainConfig, step: int) -> tuple[int, int]:
@@ -170,9 +159,8 @@ def init_estimator_states(config: MetaTrainConfig, step: int, theta: PyTree, mes
     step): PES's inner runs, FullES's empty states."""
     _, phase = config.phase_at(step)
     es = estimator(config, phase)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 4), step)
     return tuple(
-        es.init(theta, jax.random.fold_in(key, e), family_at(config, step, e), mesh)
+        es.init(theta, stream(root(config.seed), "estimator_init", step, e), family_at(config, step, e), mesh)
         for e in range(config.estimates_per_step)
     )
 
@@ -184,53 +172,71 @@ def _apply(tx, theta, opt_state, grad):
     return optax.apply_updates(theta, updates), opt_state, norm
 
 
-def outer_step(config: MetaTrainConfig, state: TrainState, mesh=None) -> tuple[TrainState, dict[str, float]]:
-    """One outer step: `estimates_per_step` FullES or PES estimates (each on its own family
-    of the phase's pool), averaged, then the meta-optimizer. With PES, the buffers of
-    `state["pes"]` are reused for the new state (do not use `state` afterwards)."""
+class Estimates(NamedTuple):
+    """An outer step's estimates: their mean ĝ, each one's metrics, the estimator states after them."""
+
+    grad: PyTree
+    metrics: list[dict[str, float]]
+    states: tuple
+
+
+def estimate(config: MetaTrainConfig, state: TrainState, mesh=None) -> Estimates:
+    """The `estimates_per_step` FullES or PES estimates of outer step `state["step"]`, each
+    on its own family of the phase's pool (key: stream "estimate" (step, e)). With PES,
+    the buffers of `state["pes"]` are reused (do not use them afterwards); a new
+    resampling epoch or phase starts from fresh states."""
     step = int(state["step"])
-    _, phase = config.phase_at(step)
-    use_pes = config.estimator == "pes"
-    es = estimator(config, phase)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
+    es = estimator(config, config.phase_at(step)[1])
     es_states = state.get("pes")  # only PES has states that persist across outer steps
     if es_states is None or step == 0 or _pes_epoch(config, step) != _pes_epoch(config, step - 1):
         es_states = init_estimator_states(config, step, state["theta"], mesh)
     grads, metrics, new_states = [], [], []
     for e in range(config.estimates_per_step):
-        family = family_at(config, step, e)
-        g, s, m = es.estimate(state["theta"], es_states[e], jax.random.fold_in(key, e), family, mesh, donate=True)
+        key = stream(root(config.seed), "estimate", step, e)
+        g, s, m = es.estimate(state["theta"], es_states[e], key, family_at(config, step, e), mesh, donate=True)
         grads.append(g), metrics.append(m), new_states.append(s)
     grad = jax.tree.map(lambda *gs: sum(gs) / len(gs), *grads) if len(grads) > 1 else grads[0]
-    tx = meta_optimizer(config)
-    theta, opt_state, grad_norm = _apply(tx, state["theta"], state["opt_state"], grad)
+    return Estimates(grad, metrics, tuple(new_states))
+
+
+def update(config: MetaTrainConfig, state: TrainState, estimates: Estimates) -> tuple[TrainState, jax.Array]:
+    """(the state after the meta-optimizer's step on ĝ, ‖ĝ‖)."""
+    theta, opt_state, grad_norm = _apply(meta_optimizer(config), state["theta"], state["opt_state"], estimates.grad)
+    new = TrainState(theta=theta, opt_state=opt_state, step=np.int64(int(state["step"]) + 1))
+    if _persistent(config):
+        new["pes"] = estimates.states
+    return new, grad_norm
+
+
+def outer_step(config: MetaTrainConfig, state: TrainState, mesh=None) -> tuple[TrainState, dict[str, float]]:
+    """One outer step, `estimate` then `update`: (the new state, its metrics row). With
+    PES, the buffers of `state["pes"]` are reused (do not use `state` afterwards)."""
+    step = int(state["step"])
+    estimates = estimate(config, state, mesh)
+    new, grad_norm = update(config, state, estimates)
+    metrics = estimates.metrics
     losses = [m["meta_loss"] for m in metrics if np.isfinite(m["meta_loss"])]
-    out = {
+    row = {
         "step": step + 1,
         "meta_loss": float(np.mean(losses)) if losses else float("nan"),
         "grad_norm": float(to_host(grad_norm)),
-        "theta_norm": float(to_host(optax.tree.norm(theta))),
+        "theta_norm": float(to_host(optax.tree.norm(new["theta"]))),
         "inner_steps": int(sum(m["inner_steps"] for m in metrics)),
         "length": int(np.mean([m["length"] for m in metrics])),
         "nonfinite_pairs": int(sum(m["nonfinite_pairs"] for m in metrics)),
-        "skipped_updates": int(to_host(opt_state.total_notfinite)),
+        "skipped_updates": int(to_host(new["opt_state"].total_notfinite)),
         "family": family_at(config, step, 0).name,
     }
-    new = TrainState(theta=theta, opt_state=opt_state, step=np.int64(step + 1))
-    if use_pes:
-        new["pes"] = tuple(new_states)
-        out["resets"] = int(sum(m["resets"] for m in metrics))
-    return new, out
+    if _persistent(config):
+        row["resets"] = int(sum(m["resets"] for m in metrics))
+    return new, row
 
 
 def evaluate(config: MetaTrainConfig, theta: PyTree, key: jax.Array, mesh=None) -> float:
     """Mean normalised final loss (last_recompute) of θ on `eval_pairs` held-out tasks of
     the first phase's first family, at `eval_length` steps (no perturbation)."""
-    phase = config.phases[0]
-    length = config.eval_length or phase.max_length
-    es = dataclasses.replace(full_es(config, phase), num_pairs=config.eval_pairs, min_length=length, max_length=length)
-    family = task_pool(config, 0, 0)[0]
-    return es.evaluate(theta, key, family, mesh)
+    length = config.eval_length or config.phases[0].max_length
+    return evaluator(config, config.eval_pairs, length).evaluate(theta, key, task_pool(config, 0, 0)[0], mesh)
 
 
 def validate(config: MetaTrainConfig, theta: PyTree) -> dict[str, float]:
@@ -238,15 +244,12 @@ def validate(config: MetaTrainConfig, theta: PyTree) -> dict[str, float]:
     perturbation) over `validation_seeds` seeds} for every `config.validation` entry. The
     same task seeds and data at every call, so values at different steps compare. The
     seeds are spread over as many devices as divide their number."""
-    base, mesh = full_es(config, config.phases[0]), default_mesh(config.validation_seeds)
-    out = {}
+    mesh, out = default_mesh(config.validation_seeds), {}
     for i, (name, length) in enumerate(config.validation):
-        es = dataclasses.replace(
-            base, num_pairs=config.validation_seeds, min_length=length, max_length=length,
-            length_multiple=_divisor_at_most(config.chunk, length), loss_type="last_recompute",
-        )  # fmt: skip
-        key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 5), i)
-        out[f"{name}@{length}"] = es.evaluate(theta, key, tasks.get(name), mesh)
+        key = stream(root(config.seed), "validation", i)
+        out[f"{name}@{length}"] = evaluator(config, config.validation_seeds, length).evaluate(
+            theta, key, tasks.get(name), mesh
+        )
     return out
 
 
@@ -307,88 +310,147 @@ def train(
     With several processes (`jax.distributed`), every process runs this with the same
     arguments and a shared `workdir`; process 0 writes the metrics, plot and θ."""
     call_t0 = time.perf_counter()
-    workdir = Path(workdir)
-    lead = jax.process_index() == 0
-    if jax.process_count() > 1:  # every process must own a share of every program's pairs
-        for name in ("num_pairs", "eval_pairs"):
-            if getattr(config, name) % jax.device_count():
-                raise ValueError(f"{name}={getattr(config, name)} must be a multiple of the {jax.device_count()} "
-                                 f"devices of the {jax.process_count()} processes")  # fmt: skip
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_config(config, workdir, write=lead)
-    mesh = default_mesh(config.num_pairs)
-    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
-    fresh = init_state(config, init_theta)
-    fresh = TrainState(place(dict(fresh), NamedSharding(mesh, P())), step=fresh["step"])
-    template, latest = fresh, ckpt.latest_step()
-    if config.estimator == "pes" and latest:  # the PES states of the families of step latest - 1
-        template = TrainState(fresh, pes=init_estimator_states(config, latest - 1, fresh["theta"], mesh))
-    state = ckpt.restore_latest(template) or fresh
-    start = int(state["step"])
-    metrics_path = workdir / "metrics.jsonl"
-    rows = _read_metrics(metrics_path, upto=start)
-    if lead:
-        _write_metrics(metrics_path, rows)  # drop rows past the checkpoint (a killed run's)
-
-    eval_key = jax.random.PRNGKey(config.seed + 2)
-    summary_path = workdir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() and start > 0 else {}
-    scalars = ScalarLog(workdir / "tensorboard", start, enabled=lead)
-    if "eval_before" not in summary and config.eval_pairs:
-        summary["eval_before"] = evaluate(config, fresh["theta"], eval_key)
-        scalars.scalar(HELD_OUT_TAG, summary["eval_before"], 0)
-    validation = _Validation(config, workdir, summary, start, lead)
-    if lead and start:  # a kill may have come between the checkpoint and its θ, or in a θ's write
-        _theta_beside_checkpoint(config, workdir, ckpt, state, validation.best, rewrite=False)
-    if validation.due(start):  # step 0 (or a resumed step whose validation was lost)
-        scalars.scalar(VALIDATION_TAG, validation.run(state["theta"], start), start)
-        _write_summary(summary_path, summary, lead)
-
-    total = config.total_steps
-    bar = _progress(total, start, progress and lead)
-    t0, done_steps, inner = time.perf_counter(), 0, 0
-    with open(metrics_path if lead else os.devnull, "a") as log:
-        while int(state["step"]) < total and (stop_after is None or done_steps < stop_after):
-            state, row = outer_step(config, state, mesh)
-            done_steps += 1
-            inner += row["inner_steps"]
-            row["elapsed_s"] = round(time.perf_counter() - t0, 3)
-            row["inner_steps_per_s"] = round(inner / max(row["elapsed_s"], 1e-9), 1)
-            if validation.due(row["step"]):
-                row["val_meta_loss"] = validation.run(state["theta"], row["step"])
-                _write_summary(summary_path, summary, lead)
-                if lead:  # watchable while it runs
-                    _plot(rows + [row], workdir / "meta_loss.png", config.name, validation.history)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            scalars.write(row)
-            rows.append(row)
-            step = int(state["step"])
-            if step % config.checkpoint_every == 0 or step == total:
-                ckpt.save(step, state)
-                if lead:
-                    _theta_beside_checkpoint(config, workdir, ckpt, state, validation.best)
-            bar.update(1)
-            bar.set_postfix(meta_loss=f"{row['meta_loss']:.3f}", inner_steps_per_s=f"{row['inner_steps_per_s']:.0f}")
+    run = _Run.open(config, Path(workdir), init_theta)
+    state = run.restore()
+    run.evaluate_before()
+    run.validate_resumed(state)
+    bar = _progress(config.total_steps, run.start, progress and run.lead)
+    done_steps = 0
+    while int(state["step"]) < config.total_steps and (stop_after is None or done_steps < stop_after):
+        state, row = outer_step(config, state, run.mesh)
+        done_steps += 1
+        run.log(state, row)
+        run.checkpoint(state)
+        bar.update(1)
+        bar.set_postfix(meta_loss=f"{row['meta_loss']:.3f}", inner_steps_per_s=f"{row['inner_steps_per_s']:.0f}")
     bar.close()
-    ckpt.wait()
-    if int(state["step"]) >= total:
-        from velojax.checkpoint import save_weights
+    return run.close(state, call_t0)
 
-        if config.eval_pairs:
-            summary["eval_after"] = evaluate(config, state["theta"], eval_key)
-            scalars.scalar(HELD_OUT_TAG, summary["eval_after"], total)
-        summary["steps"] = total
-        if lead:
-            save_weights(workdir / "theta", jax.tree.map(to_host, state["theta"]), gen_id=config.name, step=total)
-            _plot(rows, workdir / "meta_loss.png", config.name, validation.history)
-    if validation.best is not None:
-        summary["best"] = {k: validation.best[k] for k in ("step", "val_meta_loss")}
-    # wall time of the calls that returned (a killed call's time is not counted)
-    summary["wall_time_s"] = round(summary.get("wall_time_s", 0.0) + time.perf_counter() - call_t0, 1)
-    scalars.close()
-    _write_summary(summary_path, summary, lead)
-    return summary
+
+@dataclasses.dataclass
+class _Run:
+    """The files of a run in its workdir, and the steps of `train` that read or write them."""
+
+    config: MetaTrainConfig
+    workdir: Path
+    init_theta: PyTree | None
+    lead: bool
+    mesh: Any
+    ckpt: checkpointing.Checkpointer
+    start: int = 0
+    fresh: Any = None  # the initial state (its θ is evaluated before the first step)
+    summary: dict = dataclasses.field(default_factory=dict)
+    rows: list = dataclasses.field(default_factory=list)
+    scalars: Any = None
+    validation: Any = None
+    log_file: Any = None
+    t0: float = 0.0
+    inner: int = 0
+
+    @classmethod
+    def open(cls, config: MetaTrainConfig, workdir: Path, init_theta: PyTree | None) -> _Run:
+        """Check the workdir against the config (writing config.json if new) and the cluster."""
+        lead = jax.process_index() == 0
+        if jax.process_count() > 1:  # every process must own a share of every program's pairs
+            for name, value in (("estimator.num_pairs", config.num_pairs), ("eval_pairs", config.eval_pairs)):
+                if value % jax.device_count():
+                    raise ValueError(f"{name}={value} must be a multiple of the {jax.device_count()} devices of "
+                                     f"the {jax.process_count()} processes")  # fmt: skip
+        workdir.mkdir(parents=True, exist_ok=True)
+        _check_config(config, workdir, write=lead)
+        ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+        return cls(config, workdir, init_theta, lead, default_mesh(config.num_pairs), ckpt)
+
+    @property
+    def summary_path(self) -> Path:
+        return self.workdir / "summary.json"
+
+    def restore(self) -> TrainState:
+        """The latest checkpoint's state, or the initial one; drops what a killed run wrote past it."""
+        config, mesh = self.config, self.mesh
+        fresh = init_state(config, self.init_theta)
+        self.fresh = fresh = TrainState(place(dict(fresh), NamedSharding(mesh, P())), step=fresh["step"])
+        template, latest = fresh, self.ckpt.latest_step()
+        if _persistent(config) and latest:  # the PES states of the families of step latest - 1
+            template = TrainState(fresh, pes=init_estimator_states(config, latest - 1, fresh["theta"], mesh))
+        state = self.ckpt.restore_latest(template) or fresh
+        self.start = int(state["step"])
+        metrics_path = self.workdir / "metrics.jsonl"
+        self.rows = _read_metrics(metrics_path, upto=self.start)
+        if self.lead:
+            _write_metrics(metrics_path, self.rows)  # drop rows past the checkpoint (a killed run's)
+        if self.summary_path.is_file() and self.start > 0:
+            self.summary = json.loads(self.summary_path.read_text())
+        self.scalars = ScalarLog(self.workdir / "tensorboard", self.start, enabled=self.lead)
+        self.validation = _Validation(config, self.workdir, self.summary, self.start, self.lead)
+        if self.lead and self.start:  # a kill may have come between the checkpoint and its θ, or in a θ's write
+            _theta_beside_checkpoint(config, self.workdir, self.ckpt, state, self.validation.best, rewrite=False)
+        self.log_file = open(metrics_path if self.lead else os.devnull, "a")
+        self.t0 = time.perf_counter()
+        return state
+
+    def evaluate_before(self) -> None:
+        """The held-out evaluation of the initial θ (once per run)."""
+        if "eval_before" not in self.summary and self.config.eval_pairs:
+            self.summary["eval_before"] = evaluate(self.config, self.fresh["theta"], self._eval_key)
+            self.scalars.scalar(HELD_OUT_TAG, self.summary["eval_before"], 0)
+
+    def validate_resumed(self, state: TrainState) -> None:
+        """Validation at step 0, or at a resumed step whose validation a kill lost."""
+        if self.validation.due(self.start):
+            self.scalars.scalar(VALIDATION_TAG, self.validation.run(state["theta"], self.start), self.start)
+            _write_summary(self.summary_path, self.summary, self.lead)
+
+    def log(self, state: TrainState, row: dict) -> None:
+        """Add throughput and (when due) validation to `row`; append it to metrics.jsonl and TensorBoard."""
+        self.inner += row["inner_steps"]
+        row["elapsed_s"] = round(time.perf_counter() - self.t0, 3)
+        row["inner_steps_per_s"] = round(self.inner / max(row["elapsed_s"], 1e-9), 1)
+        if self.validation.due(row["step"]):
+            row["val_meta_loss"] = self.validation.run(state["theta"], row["step"])
+            _write_summary(self.summary_path, self.summary, self.lead)
+            if self.lead:  # watchable while it runs
+                _plot(self.rows + [row], self.workdir / "meta_loss.png", self.config.name, self.validation.history)
+        self.log_file.write(json.dumps(row) + "\n")
+        self.log_file.flush()
+        self.scalars.write(row)
+        self.rows.append(row)
+
+    def checkpoint(self, state: TrainState) -> None:
+        """Checkpoint (and its θ) every `checkpoint_every` steps and at the last step."""
+        step = int(state["step"])
+        if step % self.config.checkpoint_every == 0 or step == self.config.total_steps:
+            self.ckpt.save(step, state)
+            if self.lead:
+                _theta_beside_checkpoint(self.config, self.workdir, self.ckpt, state, self.validation.best)
+
+    def close(self, state: TrainState, call_t0: float) -> dict[str, Any]:
+        """After the last step: held-out evaluation and the final θ; then summary.json."""
+        self.log_file.close()
+        self.ckpt.wait()
+        config, total = self.config, self.config.total_steps
+        if int(state["step"]) >= total:
+            from velojax.checkpoint import save_weights
+
+            if config.eval_pairs:
+                self.summary["eval_after"] = evaluate(config, state["theta"], self._eval_key)
+                self.scalars.scalar(HELD_OUT_TAG, self.summary["eval_after"], total)
+            self.summary["steps"] = total
+            if self.lead:
+                theta = jax.tree.map(to_host, state["theta"])
+                save_weights(self.workdir / "theta", theta, gen_id=config.name, step=total)
+                _plot(self.rows, self.workdir / "meta_loss.png", config.name, self.validation.history)
+        if self.validation.best is not None:
+            self.summary["best"] = {k: self.validation.best[k] for k in ("step", "val_meta_loss")}
+        # wall time of the calls that returned (a killed call's time is not counted)
+        self.summary["wall_time_s"] = round(self.summary.get("wall_time_s", 0.0) + time.perf_counter() - call_t0, 1)
+        self.scalars.close()
+        _write_summary(self.summary_path, self.summary, self.lead)
+        return self.summary
+
+    @property
+    def _eval_key(self) -> jax.Array:
+        return stream(root(self.config.seed), "evaluation")
 
 
 def _theta_beside_checkpoint(
@@ -412,7 +474,15 @@ def _write_summary(path: Path, summary: dict, lead: bool) -> None:
 def _check_config(config: MetaTrainConfig, workdir: Path, write: bool = True) -> None:
     path = workdir / "config.json"
     if path.is_file():
-        saved = MetaTrainConfig.from_json(path.read_text())
+        text = path.read_text()
+        if json.loads(text).get("format", 1) < CONFIG_FORMAT:
+            raise checkpointing.CheckpointError(
+                f"{workdir} holds a run of config format {json.loads(text).get('format', 1)}, written before the "
+                f"named key streams (format {CONFIG_FORMAT}): continuing it would not continue the same run. Its "
+                f"weights still load (`python -m eval --weights {workdir}`, `python -m meta_train export --workdir "
+                f"{workdir} --to PATH`); start the run in another --workdir"
+            )
+        saved = MetaTrainConfig.from_json(text)
         if saved != config:
             raise checkpointing.CheckpointError(
                 f"{workdir} holds a run of a different config ({saved.name}); use another --workdir "

@@ -3,7 +3,7 @@ device (64 per estimate, split over the "pairs" mesh axis), 8 estimates (familie
 outer step, Adam every 4 steps; rollouts up to 5,000 steps so that an outer step stays
 around a minute."""
 
-from meta_train.config import MetaTrainConfig, Phase
+from meta_train.config import FullESConfig, MetaTrainConfig, Phase
 
 CONFIG = MetaTrainConfig(
     name="gpu8_host",
@@ -11,10 +11,9 @@ CONFIG = MetaTrainConfig(
         Phase(steps=2_000, min_length=100, max_length=2_000, distribution=1, resample_every=100),
         Phase(steps=8_000, min_length=200, max_length=5_000, distribution=1, resample_every=100),
     ),
-    num_pairs=64,
+    estimator=FullESConfig(num_pairs=64, chunk=50, recompute_batches=20),
     estimates_per_step=8,
-    chunk=50,
-    recompute_batches=20,
+    eval_recompute_batches=20,
     accumulate=4,
     meta_lr=3e-4,
     checkpoint_every=10,

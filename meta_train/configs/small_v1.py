@@ -12,7 +12,7 @@ best θ by it is exported to `best_theta/`. See docs/meta_train.md ("small_v1"),
 what did not work (100-2,000-step rollouts at meta_lr 1e-3 made long runs diverge).
 """
 
-from meta_train.config import MetaTrainConfig, Phase
+from meta_train.config import FullESConfig, MetaTrainConfig, Phase
 from tasks import small_fixed
 from tasks.distribution import FamilyRange, TaskDistribution
 
@@ -55,12 +55,10 @@ CONFIG = MetaTrainConfig(
     phases=(Phase(steps=120, min_length=400, max_length=2000, custom=DISTRIBUTION, pool_size=8, resample_every=60),),
     lstm_hidden_size=32,
     param_inits=8,
-    num_pairs=8,
-    std=0.01,
-    chunk=100,
-    length_multiple=10,
-    loss_type="last_recompute",
-    recompute_batches=5,
+    estimator=FullESConfig(
+        num_pairs=8, std=0.01, chunk=100, length_multiple=10, loss_type="last_recompute", recompute_batches=5
+    ),
+    eval_recompute_batches=5,
     meta_lr=3e-4,
     meta_lr_final_fraction=0.1,
     checkpoint_every=10,

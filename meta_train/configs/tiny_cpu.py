@@ -1,7 +1,7 @@
 """Minutes on a 2-core laptop: a 32-wide/8-bank VeLO network meta-trained with FullES on
 an 8x8 Fashion-MNIST MLP (the Debian package's copy, offline)."""
 
-from meta_train.config import MetaTrainConfig, Phase
+from meta_train.config import FullESConfig, MetaTrainConfig, Phase
 
 CONFIG = MetaTrainConfig(
     name="tiny_cpu",
@@ -17,9 +17,8 @@ CONFIG = MetaTrainConfig(
     ),
     lstm_hidden_size=32,
     param_inits=8,
-    num_pairs=8,
-    chunk=25,
-    recompute_batches=10,
+    estimator=FullESConfig(num_pairs=8, chunk=25, recompute_batches=10),
+    eval_recompute_batches=10,
     meta_lr=3e-3,
     checkpoint_every=25,
     eval_pairs=16,

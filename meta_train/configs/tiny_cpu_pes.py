@@ -4,6 +4,11 @@ runs alive across outer steps (episodes of 50-200 steps, VeLO's num_steps per ep
 
 import dataclasses
 
+from meta_train.config import PESConfig
 from meta_train.configs import tiny_cpu
 
-CONFIG = dataclasses.replace(tiny_cpu.CONFIG, name="tiny_cpu_pes", estimator="pes", trunc_length=50)
+CONFIG = dataclasses.replace(
+    tiny_cpu.CONFIG,
+    name="tiny_cpu_pes",
+    estimator=PESConfig(num_pairs=8, chunk=25, trunc_length=50, sign_delta=1.0),
+)

@@ -7,11 +7,11 @@ staleness and asynchronous workers have no counterpart: every estimate uses the 
 Phases 2-4 start from the previous phase's θ (`python -m meta_train --init-theta PATH`);
 their length is not recorded in the reference (its configs cap each at 100k updates)."""
 
-from meta_train.config import MetaTrainConfig, Phase
+from meta_train.config import FullESConfig, MetaTrainConfig, Phase
 
 # Lengths are multiples of 10 (the reference's steps_per_jit); 100 steps per compiled call,
 # as each call regenerates the pairs' perturbations (|θ| normals per pair).
-_SHARED = dict(
+_ESTIMATOR = FullESConfig(
     num_pairs=8, std=0.01, chunk=100, length_multiple=10, loss_type="last_recompute", recompute_batches=100,
     sign_delta=1.0,
 )  # fmt: skip
@@ -24,7 +24,12 @@ _PHASES = {
 
 CONFIGS = {
     f"velo_phase{i}": MetaTrainConfig(
-        name=f"velo_phase{i}", phases=(phase,), estimates_per_step=estimates, accumulate=k, meta_lr=3e-4, **_SHARED
+        name=f"velo_phase{i}",
+        phases=(phase,),
+        estimates_per_step=estimates,
+        accumulate=k,
+        meta_lr=3e-4,
+        estimator=_ESTIMATOR,
     )
     for i, (phase, estimates, k) in _PHASES.items()
 }

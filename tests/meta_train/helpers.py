@@ -88,13 +88,15 @@ SGD = SgdLopt()
 
 
 # A seconds-long tiny_cpu: the CLI runs it with these overrides (plus eval_pairs=0).
-TINY_OVERRIDES = ["steps=4", "min_length=10", "max_length=20", "num_pairs=2", "chunk=5", "recompute_batches=2",
+TINY_OVERRIDES = ["steps=4", "min_length=10", "max_length=20", "estimator.num_pairs=2", "estimator.chunk=5",
+                  "estimator.recompute_batches=2", "eval_recompute_batches=2",
                   "lstm_hidden_size=8", "param_inits=2", "checkpoint_every=1", "eval_pairs=2", "eval_length=10",
                   "batch_size=8", "meta_lr=1e-2"]  # fmt: skip
 TINY_RUN = configs.get("tiny_cpu").with_overrides(TINY_OVERRIDES)
 # The same with PES: 10-step truncations of 10-20-step episodes, the pool redrawn after 3
 # steps (which re-initialises the PES state).
-TINY_PES_OVERRIDES = TINY_OVERRIDES + ["trunc_length=10", "eval_pairs=0", "resample_every=3"]
+TINY_PES_OVERRIDES = [o for o in TINY_OVERRIDES if o != "estimator.recompute_batches=2"] + [
+    "estimator.trunc_length=10", "eval_pairs=0", "resample_every=3"]  # fmt: skip
 TINY_PES_RUN = configs.get("tiny_cpu_pes").with_overrides(TINY_PES_OVERRIDES)
 
 

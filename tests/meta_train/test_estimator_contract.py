@@ -56,7 +56,7 @@ def test_estimate_is_a_pure_function_of_its_inputs(es):
 
 @pytest.mark.parametrize("name", ["full_es", "pes"])
 def test_train_builds_the_configured_estimator(name):
-    config = dataclasses.replace(configs.get("tiny_cpu"), estimator=name, trunc_length=50, chunk=25)
+    config = configs.get("tiny_cpu").with_overrides([f"estimator={name}"])
     es = train.estimator(config, config.phases[0])
     assert isinstance(es, {"full_es": FullES, "pes": TruncatedPES}[name]) and isinstance(es, Estimator)
 

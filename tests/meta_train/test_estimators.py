@@ -13,6 +13,7 @@ from meta_train import data_feed, estimators
 from meta_train.es import perturbation
 from meta_train.estimators import FullES
 from meta_train.sharding import default_mesh
+from tasks.key_streams import stream
 from tests.conftest import REPO
 from tests.meta_train.helpers import (
     QUADRATIC,
@@ -138,8 +139,9 @@ def test_nan_pairs_are_dropped_and_counted():
     theta = SMALL_NET.init_theta(jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(7)
     grad, _, metrics = es.estimate(theta, (), key, family)
-    task_keys = jax.random.split(jax.random.split(key, 6)[1], 8)
-    bad = sum(float(family.sample(jax.random.split(k)[0])["target"][0]) > 0 for k in task_keys)
+    # pair i's task: stream "tasks" (i) of the estimate's key, its config from stream "config"
+    task_keys = [stream(key, "tasks", i) for i in range(8)]
+    bad = sum(float(family.sample(stream(k, "config"))["target"][0]) > 0 for k in task_keys)
     assert 0 < bad < 8 and metrics["nonfinite_pairs"] == bad
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grad))
     assert any(np.any(g != 0) for g in jax.tree.leaves(grad))

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 from meta_train import checkpointing, configs, data_feed, train
+from meta_train.config import PESConfig
 from meta_train.es import perturbation, sample_length
 from meta_train.pes import InnerRuns, PESState, TruncatedPES
 from meta_train.sharding import default_mesh
 from tasks.families.quadratic import Quadratic
+from tasks.key_streams import stream
 from tests.meta_train.helpers import QUADRATIC, SGD, TINY_PES_OVERRIDES, TINY_PES_RUN, SometimesNaN, cli, run_cluster
 from velojax.checkpoint import load_weights
 
@@ -59,11 +61,11 @@ def test_one_whole_episode_is_antithetic_es_of_the_average_loss():
     key = jax.random.PRNGKey(1)
     grad, state1, metrics = pes.estimate(THETA, state0, key, QUADRATIC)
 
-    k_pert, k_data, _ = jax.random.split(key, 3)  # (the estimator's key use)
-    rngs = data_feed.pair_rngs(k_data, pes.num_pairs)
+    # the estimator's key streams: "data" for the host batches, "perturbation" (pair) for εᵢ
+    rngs = data_feed.pair_rngs(stream(key, "data"), pes.num_pairs)
     batches = [data_feed.stacked(QUADRATIC, rngs, "train", pes.chunk) for _ in range(2)]
     total, losses = np.zeros(2), []
-    for i, k in enumerate(jax.random.split(k_pert, pes.num_pairs)):
+    for i, k in enumerate(stream(key, "perturbation", i) for i in range(pes.num_pairs)):
         eps = perturbation(THETA, k, pes.std)
         params, cfg = jax.tree.map(lambda x, i=i: x[i, 0], state0.params), jax.tree.map(lambda x, i=i: x[i], state0.cfg)
         steps = jax.tree.map(lambda *b, i=i: np.concatenate([x[i] for x in b]), *batches)
@@ -242,15 +244,17 @@ def test_bad_settings_are_rejected(bad):
 
 
 def test_pes_config_fields():
-    config = configs.get("tiny_cpu").with_overrides(["estimator=pes", "trunc_length=75"])
-    assert config.estimator == "pes" and config.trunc_length == 75
+    config = configs.get("tiny_cpu").with_overrides(["estimator=pes", "estimator.trunc_length=75"])
+    assert isinstance(config.estimator, PESConfig) and config.estimator.trunc_length == 75
+    # the fields the two estimators share are kept when the kind changes
+    assert (config.estimator.num_pairs, config.estimator.chunk, config.estimator.sign_delta) == (8, 25, 1.0)
     assert type(config).from_json(config.to_json()) == config
-    old = {k: v for k, v in configs.get("tiny_cpu").to_dict().items() if k not in ("estimator", "trunc_length")}
-    assert type(config).from_dict(old) == configs.get("tiny_cpu")  # configs saved before PES still load
     with pytest.raises(ValueError, match="multiple of chunk"):
-        configs.get("tiny_cpu").with_overrides(["estimator=pes", "trunc_length=60"])
+        configs.get("tiny_cpu").with_overrides(["estimator=pes", "estimator.trunc_length=60"])
     with pytest.raises(ValueError, match="estimator must be one of"):
         configs.get("tiny_cpu").with_overrides(["estimator=truncated"])
+    with pytest.raises(ValueError, match="PESConfig has no field 'loss_type'"):
+        configs.get("tiny_cpu").with_overrides(["estimator=pes", "estimator.loss_type=avg"])
 
 
 def test_pes_run_resumes_bit_identically(tmp_path):

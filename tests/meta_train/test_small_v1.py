@@ -14,7 +14,8 @@ from velojax.checkpoint import load_weights
 
 def _small_run():
     config = configs.get("small_v1").with_overrides(
-        ["steps=2", "min_length=10", "max_length=20", "chunk=10", "recompute_batches=2", "num_pairs=2",
+        ["steps=2", "min_length=10", "max_length=20", "estimator.chunk=10", "estimator.recompute_batches=2",
+         "eval_recompute_batches=2", "estimator.num_pairs=2",
          "validate_every=1", "validation_seeds=1", "pool_size=1"]
     )  # fmt: skip
     # MLPs only, in the pool and in validation, one task each: the fewest, cheapest compiles.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from meta_train import checkpointing, configs, train
-from meta_train.config import MetaTrainConfig, Phase
+from meta_train.config import FullESConfig, MetaTrainConfig, Phase
 from meta_train.tensorboard_log import HELD_OUT_TAG
 from tests.conftest import REPO
 from tests.meta_train.helpers import TINY_OVERRIDES, TINY_RUN, cli, read_scalars, run_cluster, subprocess_env
@@ -26,9 +26,33 @@ def test_configs_round_trip_through_json(name):
     assert config.total_steps > 0 and config.network().lstm_hidden_size == config.lstm_hidden_size
 
 
+def test_a_format_1_config_is_migrated_and_its_workdir_not_resumed(tmp_path):
+    """A config.json written before the nested estimator (format 1: flat estimator fields)
+    loads as the same run's config; resuming its workdir is refused with a clear error,
+    as the named key streams would not continue the same run."""
+    old = {k: v for k, v in configs.get("tiny_cpu_pes").to_dict().items() if k not in ("format", "estimator")}
+    del old["eval_recompute_batches"]
+    old.update(estimator="pes", num_pairs=8, chunk=25, trunc_length=50, recompute_batches=10, loss_type="avg")
+    migrated = MetaTrainConfig.from_dict(old)
+    assert migrated == configs.get("tiny_cpu_pes")  # loss_type dropped (PES has none), sign_delta 1.0 kept
+    no_kind = {k: v for k, v in old.items() if k not in ("estimator", "trunc_length")}
+    assert MetaTrainConfig.from_dict(no_kind).estimator == FullESConfig(
+        num_pairs=8, chunk=25, recompute_batches=10, loss_type="avg"
+    )  # configs saved before PES existed
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(checkpointing.CheckpointError, match="format 1, written before the named key streams"):
+        train.train(migrated, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="newer than this velojax"):
+        MetaTrainConfig.from_dict({**configs.get("tiny_cpu").to_dict(), "format": 99})
+
+
 def test_overrides_are_typed_and_checked():
-    config = configs.get("tiny_cpu").with_overrides(["meta_lr=1e-2", "steps=7", "num_pairs=4", "sign_delta=none"])
-    assert config.meta_lr == 0.01 and config.num_pairs == 4 and config.sign_delta is None
+    config = configs.get("tiny_cpu").with_overrides(
+        ["meta_lr=1e-2", "steps=7", "estimator.num_pairs=4", "estimator.sign_delta=none", "eval_length=30",
+         "estimator.length_multiple=5"]
+    )  # fmt: skip
+    assert config.meta_lr == 0.01 and config.estimator.num_pairs == 4 and config.estimator.sign_delta is None
+    assert config.eval_length == 30 and config.estimator.length_multiple == 5  # ints, not floats, for `int | None`
     assert [p.steps for p in config.phases] == [7] and config.total_steps == 7
     with pytest.raises(ValueError, match="unknown config field 'nope'"):
         configs.get("tiny_cpu").with_overrides(["nope=1"])
@@ -175,7 +199,8 @@ def test_velo_phase1_runs_offline_on_mock_data(tmp_path):
     """The reference recipe's phase 1 (VeLO-size θ, its task distribution, tfds datasets
     replaced by mock examples) runs two outer steps through the CLI and writes its outputs."""
     overrides = ["steps=2", "estimates_per_step=1", "accumulate=1", "min_length=10", "max_length=20",
-                 "recompute_batches=2", "eval_pairs=2", "eval_length=10"]  # fmt: skip
+                 "estimator.recompute_batches=2", "eval_recompute_batches=2", "eval_pairs=2",
+                 "eval_length=10"]  # fmt: skip
     done = subprocess.run(cli("velo_phase1", tmp_path, overrides) + ["--mock-data"], env=subprocess_env(),
                           cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
