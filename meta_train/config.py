@@ -68,6 +68,7 @@ class FullESConfig:
     for every field). Validated on construction by building the estimator."""
 
     kind: ClassVar[str] = "full_es"
+    persistent: ClassVar[bool] = False  # every estimate starts its rollouts afresh
     num_pairs: int = 8
     std: float = 0.01
     chunk: int = 10
@@ -93,6 +94,9 @@ class PESConfig:
     there for every field). Validated on construction by building the estimator."""
 
     kind: ClassVar[str] = "pes"
+    # the inner runs persist across outer steps (in the train state and its checkpoints),
+    # so an estimate keeps its family for a resampling epoch
+    persistent: ClassVar[bool] = True
     num_pairs: int = 8
     std: float = 0.01
     trunc_length: int = 50

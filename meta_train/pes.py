@@ -61,9 +61,16 @@ __all__ = ["GradientTerms", "InnerRuns", "PESState", "TruncatedPES", "pes_gradie
 
 
 class InnerRuns(NamedTuple):
-    """The persistent inner runs of the pairs, all leaves with a leading pairs axis: the
-    carry of the unroll, and `PESState` without its accumulator (same fields, same order;
-    see there)."""
+    """The persistent inner runs of the pairs, all leaves with a leading pairs axis (the
+    carry of the unroll).
+
+    Attributes:
+      cfg: the tasks' inner configurations [pairs, ...].
+      params, model_state, opt: the inner runs [pairs, 2 (θ+ε, θ−ε), ...].
+      step: int32 [pairs], training steps done in the current episode.
+      length: int32 [pairs], the current episode's length (VeLO's `num_steps`).
+      done: bool [pairs], the episode has ended; the next step resets it.
+    """
 
     cfg: PyTree
     params: PyTree
@@ -79,31 +86,12 @@ class PESState(NamedTuple):
     (sharded over "pairs"); a pytree, so it can be checkpointed with orbax.
 
     Attributes:
-      cfg: the tasks' inner configurations [pairs, ...].
-      params, model_state, opt: the inner runs [pairs, 2 (θ+ε, θ−ε), ...].
-      step: int32 [pairs], training steps done in the current episode.
-      length: int32 [pairs], the current episode's length (VeLO's `num_steps`).
-      done: bool [pairs], the episode has ended; the next step resets it.
+      runs: the pairs' inner runs (`InnerRuns`).
       accumulator: Aᵢ, θ-shaped leaves [pairs, ...θ].
     """
 
-    cfg: PyTree
-    params: PyTree
-    model_state: PyTree
-    opt: PyTree
-    step: jax.Array
-    length: jax.Array
-    done: jax.Array
+    runs: InnerRuns
     accumulator: PyTree
-
-    @classmethod
-    def of(cls, inner: InnerRuns, accumulator: PyTree) -> PESState:
-        """The state of inner runs `inner` with accumulators `accumulator`."""
-        return cls(**inner._asdict(), accumulator=accumulator)
-
-    def inner(self) -> InnerRuns:
-        """The inner runs (the state without its accumulator)."""
-        return InnerRuns(**{name: getattr(self, name) for name in InnerRuns._fields})
 
 
 class _Task(NamedTuple):
@@ -202,7 +190,7 @@ class TruncatedPES:
             "resets": int(stats.resets),
             "nonfinite_pairs": int(stats.nonfinite_pairs),
         }
-        return grad, PESState.of(inner, accumulator), metrics
+        return grad, PESState(inner, accumulator), metrics
 
     def _unroll(self, theta, state, key, family, mesh):
         """(inner state after the truncation, its traces (one per chunk), εᵢ keys)."""
@@ -210,7 +198,7 @@ class TruncatedPES:
         pairs = NamedSharding(mesh, P(AXIS))
         pert_keys = place(data_feed.per_pair_keys(key, "perturbation", self.num_pairs), pairs)
         rngs = data_feed.pair_rngs(stream(key, "data"), self.num_pairs)
-        inner = state.inner()
+        inner = state.runs
         traces = []
         for c in range(self.trunc_length // self.chunk):
             batches = data_feed.stacked(family, rngs, "train", self.chunk)
@@ -297,8 +285,8 @@ def init_pairs(pes: TruncatedPES, family: TaskFamily, theta: PyTree, keys: jax.A
             length = length - jax.random.randint(stream(key, "offset"), (), 0, length, jnp.int32)
         task = _new_task(pes, family, theta, None, key, length)
         zero = jnp.zeros((), jnp.int32)
-        return PESState(**task._asdict(), step=zero, length=length, done=jnp.zeros((), bool),
-                        accumulator=jax.tree.map(jnp.zeros_like, theta))  # fmt: skip
+        runs = InnerRuns(**task._asdict(), step=zero, length=length, done=jnp.zeros((), bool))
+        return PESState(runs, accumulator=jax.tree.map(jnp.zeros_like, theta))
 
     return jax.vmap(init_pair)(keys)
 

@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 import tasks
 from meta_train import checkpointing, estimators
-from meta_train.config import CONFIG_FORMAT, MetaTrainConfig, PESConfig, Phase
+from meta_train.config import CONFIG_FORMAT, MetaTrainConfig, Phase
 from meta_train.learned_optimizer import VeLONetwork
 from meta_train.sharding import default_mesh, place, to_host
 from meta_train.tensorboard_log import HELD_OUT_TAG, VALIDATION_TAG, ScalarLog
@@ -46,8 +46,9 @@ PyTree = Any
 
 
 class TrainState(dict):
-    """{"theta", "opt_state", "step"} and, with PES, "pes" (one `PESState` per estimate
-    of an outer step): all a run needs to continue."""
+    """{"theta", "opt_state", "step"} and, with an estimator whose states persist (PES),
+    "estimator_states" (one per estimate of an outer step, e.g. a `PESState`): all a run
+    needs to continue."""
 
 
 @functools.lru_cache(maxsize=8)  # one object per config: it is a static argument of _apply
@@ -145,7 +146,7 @@ def family_at(config: MetaTrainConfig, step: int, estimate: int = 0) -> TaskFami
 
 def _persistent(config: MetaTrainConfig) -> bool:
     """Whether the estimator's states persist across outer steps (PES's inner runs)."""
-    return isinstance(config.estimator, PESConfig)
+    return config.estimator.persistent
 
 
 def _pes_epoch(config: MetaTrainConfig, step: int) -> tuple[int, int]:
@@ -183,11 +184,11 @@ class Estimates(NamedTuple):
 def estimate(config: MetaTrainConfig, state: TrainState, mesh=None) -> Estimates:
     """The `estimates_per_step` FullES or PES estimates of outer step `state["step"]`, each
     on its own family of the phase's pool (key: stream "estimate" (step, e)). With PES,
-    the buffers of `state["pes"]` are reused (do not use them afterwards); a new
+    the buffers of `state["estimator_states"]` are reused (do not use them afterwards); a new
     resampling epoch or phase starts from fresh states."""
     step = int(state["step"])
     es = estimator(config, config.phase_at(step)[1])
-    es_states = state.get("pes")  # only PES has states that persist across outer steps
+    es_states = state.get("estimator_states")  # only PES has states that persist across outer steps
     if es_states is None or step == 0 or _pes_epoch(config, step) != _pes_epoch(config, step - 1):
         es_states = init_estimator_states(config, step, state["theta"], mesh)
     grads, metrics, new_states = [], [], []
@@ -204,13 +205,13 @@ def update(config: MetaTrainConfig, state: TrainState, estimates: Estimates) -> 
     theta, opt_state, grad_norm = _apply(meta_optimizer(config), state["theta"], state["opt_state"], estimates.grad)
     new = TrainState(theta=theta, opt_state=opt_state, step=np.int64(int(state["step"]) + 1))
     if _persistent(config):
-        new["pes"] = estimates.states
+        new["estimator_states"] = estimates.states
     return new, grad_norm
 
 
 def outer_step(config: MetaTrainConfig, state: TrainState, mesh=None) -> tuple[TrainState, dict[str, float]]:
     """One outer step, `estimate` then `update`: (the new state, its metrics row). With
-    PES, the buffers of `state["pes"]` are reused (do not use `state` afterwards)."""
+    PES, the buffers of `state["estimator_states"]` are reused (do not use `state` afterwards)."""
     step = int(state["step"])
     estimates = estimate(config, state, mesh)
     new, grad_norm = update(config, state, estimates)
@@ -372,7 +373,8 @@ class _Run:
         self.fresh = fresh = TrainState(place(dict(fresh), NamedSharding(mesh, P())), step=fresh["step"])
         template, latest = fresh, self.ckpt.latest_step()
         if _persistent(config) and latest:  # the PES states of the families of step latest - 1
-            template = TrainState(fresh, pes=init_estimator_states(config, latest - 1, fresh["theta"], mesh))
+            states = init_estimator_states(config, latest - 1, fresh["theta"], mesh)
+            template = TrainState(fresh, estimator_states=states)
         state = self.ckpt.restore_latest(template) or fresh
         self.start = int(state["step"])
         metrics_path = self.workdir / "metrics.jsonl"

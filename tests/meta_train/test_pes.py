@@ -67,7 +67,8 @@ def test_one_whole_episode_is_antithetic_es_of_the_average_loss():
     total, losses = np.zeros(2), []
     for i, k in enumerate(stream(key, "perturbation", i) for i in range(pes.num_pairs)):
         eps = perturbation(THETA, k, pes.std)
-        params, cfg = jax.tree.map(lambda x, i=i: x[i, 0], state0.params), jax.tree.map(lambda x, i=i: x[i], state0.cfg)
+        params = jax.tree.map(lambda x, i=i: x[i, 0], state0.runs.params)
+        cfg = jax.tree.map(lambda x, i=i: x[i], state0.runs.cfg)
         steps = jax.tree.map(lambda *b, i=i: np.concatenate([x[i] for x in b]), *batches)
         pos, neg = (np.asarray(_side_losses(THETA, eps, s, params, cfg, steps)) for s in (1.0, -1.0))
         total += np.mean(pos - neg) * _vec(eps)
@@ -75,7 +76,7 @@ def test_one_whole_episode_is_antithetic_es_of_the_average_loss():
     np.testing.assert_allclose(_vec(grad), total / (pes.num_pairs * 2 * pes.std**2), rtol=2e-4, atol=1e-6)
     assert metrics["meta_loss"] == pytest.approx(np.mean(losses), rel=1e-5)
     assert metrics["resets"] == 4 and metrics["inner_steps"] == 2 * 4 * 10 and metrics["nonfinite_pairs"] == 0
-    assert np.all(np.asarray(state1.done)) and np.all(np.asarray(state1.step) == 10)
+    assert np.all(np.asarray(state1.runs.done)) and np.all(np.asarray(state1.runs.step) == 10)
     assert not np.any(_vec(jax.tree.map(np.asarray, state1.accumulator)))  # the next step starts a new episode
 
 
@@ -130,7 +131,7 @@ def test_accumulator_and_gradient_across_truncations(reference):
         np.testing.assert_allclose(after, expected, rtol=1e-6, atol=1e-9)
         assert metrics["resets"] == (4 if call in (2, 5) else 0), (call, metrics)
         assert metrics["inner_steps"] == 2 * 4 * (9 if call in (3, 5) else 10)  # a reset step does not train
-    assert np.all(np.asarray(state.step) == 8) and np.all(np.asarray(state.length) == 20)
+    assert np.all(np.asarray(state.runs.step) == 8) and np.all(np.asarray(state.runs.length) == 20)
 
 
 FLAT = Quadratic(dim=4, batch_size=1, noise=0.0)  # deterministic: data do not matter
@@ -165,7 +166,7 @@ def test_mean_of_pes_estimates_is_the_gradient_of_the_episode_loss():
     for k in range(50):
         key = jax.random.PRNGKey(1000 + k)
         state = pes.init(THETA, key, FLAT)
-        full, cut = exact(jax.tree.map(lambda x: np.asarray(x)[:, 0], state.params), _host(state.cfg))
+        full, cut = exact(jax.tree.map(lambda x: np.asarray(x)[:, 0], state.runs.params), _host(state.runs.cfg))
         g1, state, _ = pes.estimate(THETA, state, jax.random.fold_in(key, 1), FLAT, donate=True)
         g2, state, _ = pes.estimate(THETA, state, jax.random.fold_in(key, 2), FLAT, donate=True)
         diffs.append((_vec(g1) + _vec(g2)) / 2 - _vec(full))
@@ -182,7 +183,7 @@ def test_nan_pairs_are_dropped_and_counted():
     family = SometimesNaN(dim=6, batch_size=2)
     pes = dataclasses.replace(PES, num_pairs=8)
     state = pes.init(THETA, jax.random.PRNGKey(7), family)
-    bad = int(np.sum(np.asarray(state.cfg["target"])[:, 0] > 0))
+    bad = int(np.sum(np.asarray(state.runs.cfg["target"])[:, 0] > 0))
     grad, state, metrics = pes.estimate(THETA, state, jax.random.PRNGKey(8), family)
     assert 0 < bad < 8 and metrics["nonfinite_pairs"] == bad, (bad, metrics)
     assert np.all(np.isfinite(_vec(grad))) and np.any(_vec(grad) != 0)
@@ -215,24 +216,21 @@ def test_episode_lengths_are_log_uniform_and_offsets_spread_phases():
     assert abs(np.log(lengths + 0.5).mean() - (np.log(10) + np.log(1000)) / 2) < 0.1
     pes = dataclasses.replace(PES, num_pairs=8, min_length=10, max_length=40, random_offset=True)
     state = pes.init(THETA, jax.random.PRNGKey(0), QUADRATIC)
-    first = np.asarray(state.length)  # first episodes cut at random points: some below min_length
+    first = np.asarray(state.runs.length)  # first episodes cut at random points: some below min_length
     assert first.min() >= 1 and first.max() <= 40 and first.min() < 10 and len(set(first.tolist())) > 4
 
 
 def test_state_keeps_its_checkpoint_layout():
     """Checkpoints (orbax) hold PESStates and are restored into a fresh state's structure,
-    so its fields, their order and its leaves stay as they were; the unroll's carry
-    (`InnerRuns`) is the state without its accumulator, taken and put back by name."""
-    assert PESState._fields == ("cfg", "params", "model_state", "opt", "step", "length", "done", "accumulator")
-    assert InnerRuns._fields == PESState._fields[:-1]
+    so its fields, their order and its leaves stay the same through an estimate; the
+    unroll's carry is the state's `runs`."""
+    assert PESState._fields == ("runs", "accumulator")
+    assert InnerRuns._fields == ("cfg", "params", "model_state", "opt", "step", "length", "done")
     state = PES.init(THETA, jax.random.PRNGKey(0), QUADRATIC)
-    inner = state.inner()
-    assert isinstance(inner, InnerRuns) and all(getattr(inner, f) is getattr(state, f) for f in InnerRuns._fields)
-    again = PESState.of(inner, state.accumulator)
-    assert isinstance(again, PESState) and jax.tree.structure(again) == jax.tree.structure(state)
-    assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state)))
+    assert isinstance(state.runs, InnerRuns)
     _, after, _ = PES.estimate(THETA, state, jax.random.PRNGKey(1), QUADRATIC)
-    assert type(after) is PESState and jax.tree.structure(after) == jax.tree.structure(state)
+    assert type(after) is PESState and type(after.runs) is InnerRuns
+    assert jax.tree.structure(after) == jax.tree.structure(state)
 
 
 @pytest.mark.parametrize(
