@@ -74,7 +74,7 @@ class FullESConfig:
     chunk: int = 10
     length_multiple: int | None = None  # rollout lengths: multiples of it (default: chunk)
     loss_type: str = "last_recompute"
-    recompute_batches: int = 100
+    recompute_batches: int = 10
     recompute_split: str = "train"
     sign_delta: float | None = 1.0
 

@@ -12,6 +12,7 @@ import pytest
 
 from meta_train import configs, data_feed, estimators, sharding, train
 from meta_train import es as es_maths
+from meta_train.config import ESTIMATORS as ESTIMATOR_CONFIGS
 from meta_train.estimators import Estimator, FullES
 from meta_train.pes import TruncatedPES
 from tests.meta_train.helpers import QUADRATIC, SGD, SMALL_NET, WithoutAntithetic
@@ -59,6 +60,19 @@ def test_train_builds_the_configured_estimator(name):
     config = configs.get("tiny_cpu").with_overrides([f"estimator={name}"])
     es = train.estimator(config, config.phases[0])
     assert isinstance(es, {"full_es": FullES, "pes": TruncatedPES}[name]) and isinstance(es, Estimator)
+
+
+@pytest.mark.parametrize("name", ["full_es", "pes"])
+def test_estimator_config_has_every_field_of_its_estimator(name):
+    """A config mirrors its estimator's fields (bar the network and the phase's lengths),
+    defaults included, so every field can be set from a config."""
+    kind = ESTIMATOR_CONFIGS[name]
+    estimator = {"full_es": FullES, "pes": TruncatedPES}[name]
+    own = {f.name: f.default for f in dataclasses.fields(estimator)}
+    for f in ("lopt", "min_length", "max_length"):
+        own.pop(f)
+    assert {f.name: f.default for f in dataclasses.fields(kind)} == own
+    assert type(kind().build(None, configs.get("tiny_cpu").phases[0])) is estimator
 
 
 @pytest.mark.parametrize("name", ["pes"])  # FullES: test_estimators.py checks its chunks
