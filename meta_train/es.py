@@ -7,15 +7,13 @@ pairs scaled by 1/(2σ²·N) and the mean meta-loss over the pairs with finite l
 functions that sum over pairs take `axis_name`: inside a `shard_map` over the pairs axis
 the sums run over all devices' pairs; with None, over the pairs given.
 
-The two rollout-length samplers draw the same LogUniform law by two paths, and each
-estimator's draws must stay as they are (a run is a pure function of its config):
-`rollout_length` (FullES) on the host, as the host plans its chunks from it;
-`sample_length` (PES) traced, as episodes end and are redrawn inside the compiled unroll.
+Rollout and episode lengths have one sampler, `sample_length` (traced: PES draws inside
+its compiled unroll); `rollout_length` is FullES's use of it on the host, which plans an
+estimate's chunks from the length.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -111,18 +109,16 @@ def _psum(x, axis_name):
 
 def rollout_length(key: jax.Array, min_length: int, max_length: int, multiple: int) -> int:
     """FullES's rollout length, a host int (the host plans the estimate's chunks from it):
-    L = int(exp(U(log min, log max))) with U drawn in float32 and the rest in float64,
-    rounded down to a multiple of `multiple`, at least `multiple` (the reference's
-    LogUniformLengthSchedule + FullES rounding)."""
-    u = float(jax.random.uniform(key))
-    length = int(math.exp(math.log(min_length) + u * (math.log(max_length) - math.log(min_length))))
+    `sample_length` rounded down to a multiple of `multiple`, at least `multiple` (the
+    reference's LogUniformLengthSchedule + FullES rounding)."""
+    length = int(sample_length(key, min_length, max_length))
     return max(multiple, length - length % multiple)
 
 
 def sample_length(key: jax.Array, min_length: int, max_length: int) -> jax.Array:
-    """PES's episode length, traced (drawn inside the compiled unroll when an episode
-    ends): int32 int(exp(U(log min, log max))) computed in float32, clipped to [min, max]
-    (float32 rounding may otherwise step outside)."""
+    """A rollout or episode length ~ LogUniform[min, max], traced: int32 int(exp(U(log min,
+    log max))) computed in float32, clipped to [min, max] (float32 rounding may otherwise
+    step outside)."""
     lo, hi = jnp.log(jnp.float32(min_length)), jnp.log(jnp.float32(max_length))
     length = jnp.floor(jnp.exp(lo + jax.random.uniform(key, (), jnp.float32) * (hi - lo)))
     return jnp.clip(length, min_length, max_length).astype(jnp.int32)
