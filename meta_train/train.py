@@ -317,14 +317,17 @@ def train(
     run.validate_resumed(state)
     bar = _progress(config.total_steps, run.start, progress and run.lead)
     done_steps = 0
-    while int(state["step"]) < config.total_steps and (stop_after is None or done_steps < stop_after):
-        state, row = outer_step(config, state, run.mesh)
-        done_steps += 1
-        run.log(state, row)
-        run.checkpoint(state)
-        bar.update(1)
-        bar.set_postfix(meta_loss=f"{row['meta_loss']:.3f}", inner_steps_per_s=f"{row['inner_steps_per_s']:.0f}")
-    bar.close()
+    try:
+        while int(state["step"]) < config.total_steps and (stop_after is None or done_steps < stop_after):
+            state, row = outer_step(config, state, run.mesh)
+            done_steps += 1
+            run.log(state, row)
+            run.checkpoint(state)
+            bar.update(1)
+            bar.set_postfix(meta_loss=f"{row['meta_loss']:.3f}", inner_steps_per_s=f"{row['inner_steps_per_s']:.0f}")
+    finally:  # an error in a step still closes the metrics file and the progress bar
+        bar.close()
+        run.log_file.close()
     return run.close(state, call_t0)
 
 
@@ -428,7 +431,6 @@ class _Run:
 
     def close(self, state: TrainState, call_t0: float) -> dict[str, Any]:
         """After the last step: held-out evaluation and the final θ; then summary.json."""
-        self.log_file.close()
         self.ckpt.wait()
         config, total = self.config, self.config.total_steps
         if int(state["step"]) >= total:
