@@ -114,7 +114,7 @@ class PESConfig:
                             **_fields(self))  # fmt: skip
 
 
-EstimatorConfig = Union[FullESConfig, PESConfig]  # noqa: UP007 (a runtime value, for isinstance)
+EstimatorConfig = Union[FullESConfig, PESConfig]  # noqa: UP007 (a runtime value: a field's annotation)
 ESTIMATORS = {c.kind: c for c in (FullESConfig, PESConfig)}
 
 
@@ -296,10 +296,11 @@ class MetaTrainConfig:
 # Phase fields that `with_overrides` sets in every phase.
 PHASE_OVERRIDES = ("steps", "min_length", "max_length", "pool_size", "batch_size", "resample_every")
 
-# Format 1 kept the estimator's fields flat in the config (and `estimator` a name).
-_FLAT_ESTIMATOR_FIELDS = (
-    "num_pairs", "std", "chunk", "length_multiple", "loss_type", "recompute_batches", "sign_delta", "trunc_length",
-)  # fmt: skip
+# Format 1 kept the estimator's fields flat in the config (and `estimator` a name): those
+# fields with their format-1 defaults.
+_FLAT_ESTIMATOR_DEFAULTS = {"num_pairs": 8, "std": 0.01, "chunk": 10, "length_multiple": None,
+                            "loss_type": "last_recompute", "recompute_batches": 100, "sign_delta": 1.0,
+                            "trunc_length": 50}  # fmt: skip
 
 
 def migrate(old: dict[str, Any]) -> dict[str, Any]:
@@ -309,9 +310,7 @@ def migrate(old: dict[str, Any]) -> dict[str, Any]:
     `eval_recompute_batches` (format 1 evaluated with the training setting)."""
     d = dict(old)
     kind = d.pop("estimator", "full_es")
-    defaults = {"num_pairs": 8, "std": 0.01, "chunk": 10, "length_multiple": None, "loss_type": "last_recompute",
-                "recompute_batches": 100, "sign_delta": 1.0, "trunc_length": 50}  # fmt: skip
-    flat = {name: d.pop(name, defaults[name]) for name in _FLAT_ESTIMATOR_FIELDS}
+    flat = {name: d.pop(name, default) for name, default in _FLAT_ESTIMATOR_DEFAULTS.items()}
     own = {f.name for f in dataclasses.fields(ESTIMATORS[kind])}
     d["estimator"] = {"kind": kind, **{k: v for k, v in flat.items() if k in own}}
     d["eval_recompute_batches"] = flat["recompute_batches"]
