@@ -141,8 +141,8 @@ def test_velo_accepts_a_path(tmp_path, meta):
     path = optimizer.save_weights(tmp_path / "params", meta)
     tx = optimizer.velo(5, weights=str(path))
     params = {"w": jnp.ones((2, 3))}
-    updates, _ = tx.update({"w": jnp.full((2, 3), 0.1)}, tx.init(params), params, value=1.0)
-    reference, _ = optimizer.velo(5, weights=meta, config=SMALL).update(
+    updates, _ = jax.jit(tx.update)({"w": jnp.full((2, 3), 0.1)}, tx.init(params), params, value=1.0)
+    reference, _ = jax.jit(optimizer.velo(5, weights=meta, config=SMALL).update)(
         {"w": jnp.full((2, 3), 0.1)}, tx.init(params), params, value=1.0
     )
     chex.assert_shape(updates["w"], (2, 3))

@@ -63,7 +63,7 @@ def test_custom_decays_change_the_channel_counts():
     meta = init_meta_params(jax.random.PRNGKey(0), config)
     tx = optimizer.velo(5, weights=meta, config=config)
     params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
-    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params, value=1.0)
+    updates, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), tx.init(params), params, value=1.0)
     acc = optimizer.leaf_accumulators(state, params)
     assert len(acc["mu"]["w"]) == 2 and acc["factored"]["w"][0].shape == (2, 3)
 
@@ -144,10 +144,10 @@ def test_scheduled_meta_params_decay_shrinks_weights_by_the_set_fraction():
     meta = meta_params_lib.scheduled_meta_params(config, lr_mult=30.0, decay=0.3)
     params = {"w": jnp.full((4, 3), 0.5)}
     tx = optimizer.velo(100, weights=meta, config=config)
-    updates, _ = tx.update({"w": jnp.zeros((4, 3))}, tx.init(params), params, value=jnp.float32(1.0))
+    updates, _ = jax.jit(tx.update)({"w": jnp.zeros((4, 3))}, tx.init(params), params, value=jnp.float32(1.0))
     # no gradient: the step is decay * lr_mult * step_mult * p at the start of the cosine
     np.testing.assert_allclose(updates["w"] / params["w"], -0.3 * 30.0 * 1e-3, rtol=0.1)
     plain = meta_params_lib.scheduled_meta_params(config, lr_mult=30.0)
     tx = optimizer.velo(100, weights=plain, config=config)
-    updates, _ = tx.update({"w": jnp.zeros((4, 3))}, tx.init(params), params, value=jnp.float32(1.0))
+    updates, _ = jax.jit(tx.update)({"w": jnp.zeros((4, 3))}, tx.init(params), params, value=jnp.float32(1.0))
     np.testing.assert_array_equal(updates["w"], 0.0)

@@ -1,5 +1,10 @@
 """The optax contract: any pytree, jit, chain, MultiSteps, apply_if_finite, flax nnx,
-dtype preservation, sharding, weight decay, running past num_steps."""
+dtype preservation, sharding, weight decay, running past num_steps.
+
+Every leaf kind is checked on `mixed_params` (structure, dtypes, sharding, the pure core);
+the wrappers are checked on a few leaves: VeLO compiles one program per leaf shape, and
+eager updates compile op by op, so big trees and eager calls are kept to the tests that
+need them."""
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +21,11 @@ from velojax import optimizer
 @pytest.fixture(scope="module")
 def meta():
     return lively_meta_params()
+
+
+def few_leaves() -> dict:
+    """A matrix, two same-shaped vectors (stacked into one group) and a scalar."""
+    return {"w": jnp.linspace(-1, 1, 12).reshape(3, 4), "b": jnp.ones(4), "c": jnp.zeros(4), "s": jnp.asarray(0.5)}
 
 
 def run(tx, params, steps=3, losses=(2.0, 1.5, 1.7, 1.2, 1.1, 1.0)):
@@ -65,7 +75,7 @@ def test_jit_matches_eager(meta):
 
 
 def test_chain_with_global_norm_clipping(meta):
-    params = mixed_params()
+    params = few_leaves()
     chained = optax.chain(optax.clip_by_global_norm(1.0), optimizer.velo(10, weights=meta))
     plain = optimizer.velo(10, weights=meta)
     grads = grads_like(params, scale=10.0)  # global norm far above 1
@@ -83,17 +93,18 @@ def test_multisteps_applies_velo_to_mean_gradient(meta):
     tx = optax.MultiSteps(inner, every_k_schedule=2)
     state = tx.init(params)
     g0, g1 = grads_like(params, 0), grads_like(params, 1)
-    u0, state = tx.update(g0, state, params, value=3.0)
+    update = jax.jit(tx.update)
+    u0, state = update(g0, state, params, value=3.0)
     assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(u0))
-    u1, state = tx.update(g1, state, params, value=2.0)
+    u1, state = update(g1, state, params, value=2.0)
     mean = jax.tree.map(lambda a, b: (a + b) / 2, g0, g1)
-    expected, _ = inner.update(mean, inner.init(params), params, value=2.0)
+    expected, _ = jax.jit(inner.update)(mean, inner.init(params), params, value=2.0)
     assert_trees_close(u1, expected, 1e-5)
     assert int(state.inner_opt_state.iteration) == 1
 
 
 def test_apply_if_finite_skips_nan_steps(meta):
-    params = mixed_params()
+    params = few_leaves()
     tx = optax.apply_if_finite(optimizer.velo(10, weights=meta), max_consecutive_errors=3)
     state = tx.init(params)
     bad = jax.tree.map(lambda g: g.at[...].set(jnp.nan), grads_like(params))
@@ -125,9 +136,9 @@ def test_flax_nnx_optimizer(meta):
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     # the functional path on the same pure arrays
     pure_params, pure_grads = nnx.to_pure_dict(params), nnx.to_pure_dict(nnx.state(grads, nnx.Param))
-    expected, _ = tx.update(pure_grads, tx.init(pure_params), pure_params, value=loss)
+    expected, _ = jax.jit(tx.update)(pure_grads, tx.init(pure_params), pure_params, value=loss)
     before = jax.tree.map(jnp.copy, pure_params)
-    opt.update(model, grads, value=loss)
+    nnx.jit(lambda opt, model, grads, loss: opt.update(model, grads, value=loss))(opt, model, grads, loss)
     after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     moved = jax.tree.map(lambda a, b: a - b, after, before)
     assert_trees_close(moved, expected, 1e-4)
@@ -142,7 +153,7 @@ def test_flax_linen_params(meta):
     tx = optimizer.velo(10, weights=meta)
     loss_fn = lambda v: jnp.mean(model.apply(v, jnp.ones((2, 3))) ** 2)  # noqa: E731
     loss, grads = jax.value_and_grad(loss_fn)(variables)
-    updates, _ = tx.update(grads, tx.init(variables), variables, value=loss)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(variables), variables, value=loss)
     assert jax.tree.structure(updates) == jax.tree.structure(variables)
 
 
@@ -178,14 +189,14 @@ def test_sharded_params_give_the_same_updates(meta):
 
 
 def test_weight_decay_matches_the_reference_wrapper(meta):
-    params = mixed_params()
+    params = few_leaves()
     wd = 1e-2
     grads = grads_like(params)
     decayed = optimizer.velo(10, weights=meta, weight_decay=wd)
     plain = optimizer.velo(10, weights=meta)
-    u, _ = decayed.update(grads, decayed.init(params), params, value=2.0)
+    u, _ = jax.jit(decayed.update)(grads, decayed.init(params), params, value=2.0)
     l2 = sum(float(jnp.sum(p.astype(jnp.float32) ** 2)) for p in jax.tree.leaves(params))
-    expected, _ = plain.update(
+    expected, _ = jax.jit(plain.update)(
         jax.tree.map(lambda g, p: g + wd * p, grads, params), plain.init(params), params, value=2.0 + wd * l2
     )
     assert_trees_close(u, expected, 1e-5)
@@ -281,17 +292,18 @@ def test_pure_core_agrees_with_the_optax_wrapper(meta):
     params = mixed_params()
     grads = grads_like(params)
     tx = optimizer.velo(10, weights=meta)
-    u_tx, s_tx = tx.update(grads, tx.init(params), params, value=1.3)
+    u_tx, s_tx = jax.jit(tx.update)(grads, tx.init(params), params, value=1.3)
     state = optimizer.velo_init(meta, params, 10, SMALL)
     u_core, s_core = jax.jit(optimizer.velo_update, static_argnums=5)(meta, state, grads, params, 1.3, SMALL)
-    # eager vs jit round differently; updates are cast(p - step) - p, so a 1-ulp flip of p shows
+    # Two programs round differently; updates are cast(p - step) - p, so a 1-ulp flip of p shows.
     assert_trees_close(u_core, u_tx, 1e-4)
     assert_trees_close(s_core.lstm, s_tx.lstm, 1e-4)
 
 
 def test_state_and_params_can_be_donated(meta):
-    """Every state leaf is its own buffer, so a jitted step can donate params and state."""
-    params = mixed_params()
+    """Every state leaf is its own buffer (same-shaped leaves included, which run stacked),
+    so a jitted step can donate params and state."""
+    params = few_leaves()
     tx = optimizer.velo(10, weights=meta)
 
     def step(params, state, grads):
