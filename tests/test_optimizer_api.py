@@ -1,10 +1,10 @@
 """The optax contract: any pytree, jit, chain, MultiSteps, apply_if_finite, flax nnx,
 dtype preservation, sharding, weight decay, running past num_steps.
 
-Every leaf kind is checked on `mixed_params` (structure, dtypes, sharding, the pure core);
-the wrappers are checked on a few leaves: VeLO compiles one program per leaf shape, and
-eager updates compile op by op, so big trees and eager calls are kept to the tests that
-need them."""
+Every leaf kind is checked on `mixed_params` (structure, dtypes, the pure core); the
+wrappers (chain, apply_if_finite, weight decay, donation) on a few leaves: VeLO compiles
+one program per leaf shape and eager updates compile op by op, so big trees and eager
+calls are kept to the tests that need them."""
 
 import jax
 import jax.numpy as jnp
