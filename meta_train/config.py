@@ -142,7 +142,9 @@ class MetaTrainConfig:
 
     Evaluation (before the first and after the last step): θ's normalised final loss
     (`last_recompute` over `eval_recompute_batches` batches, no perturbation) on
-    `eval_pairs` held-out tasks of the first phase's first family, at `eval_length` steps.
+    `eval_pairs` held-out tasks of the first phase's first family, at exactly `eval_length`
+    steps (default max_length, which FullES's rollouts all but never reach: their lengths
+    are drawn LogUniform in [min, max] and rounded down to a multiple of the chunk).
     Validation: every `validate_every` outer steps (and before the first and after the
     last), the same loss on each `validation` entry (fixed-task name, rollout length),
     `validation_seeds` task seeds each; the mean is logged as `val_meta_loss` and the best

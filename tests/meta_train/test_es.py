@@ -166,3 +166,13 @@ def test_rollout_length_schedule():
     logs = np.log(lengths)
     assert abs(np.mean(logs) - (np.log(100) + np.log(20_000)) / 2) < 0.3  # log-uniform
     assert rollout_length(jax.random.PRNGKey(1), 3, 7, 10) == 10  # at least one chunk
+
+
+@pytest.mark.parametrize("length, multiple", [(200, 25), (1000, 10), (2000, 100), (150, 1)])
+def test_a_fixed_length_is_exactly_that_length(length, multiple):
+    """min == max (held-out evaluation, validation) gives exactly that many steps. (f388417
+    computed exp(log L) in float64, 199.999… for L = 200, so its "200-step" evaluation of
+    tiny_cpu ran 175 steps and a 1000-step validation ran 990.)"""
+    keys = jax.random.split(jax.random.PRNGKey(0), 20)
+    assert {rollout_length(k, length, length, multiple) for k in keys} == {length}
+    assert set(np.asarray(jax.vmap(lambda k: es.sample_length(k, length, length))(keys)).tolist()) == {length}
