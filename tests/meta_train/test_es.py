@@ -172,7 +172,7 @@ def test_rollout_length_schedule():
 def test_a_fixed_length_is_exactly_that_length(length, multiple):
     """min == max (held-out evaluation, validation) gives exactly that many steps. (f388417
     computed exp(log L) in float64, 199.999… for L = 200, so its "200-step" evaluation of
-    tiny_cpu ran 175 steps and a 1000-step validation ran 990.)"""
+    tiny_cpu ran 175 steps, and small_v1's 1000-step validation, in 100-step chunks, 900.)"""
     keys = jax.random.split(jax.random.PRNGKey(0), 20)
     assert {rollout_length(k, length, length, multiple) for k in keys} == {length}
     assert set(np.asarray(jax.vmap(lambda k: es.sample_length(k, length, length))(keys)).tolist()) == {length}
